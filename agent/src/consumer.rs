@@ -1,0 +1,194 @@
+//! The AMQP side of the agent: consume this identity's queue with manual acks and a prefetch of
+//! the build concurrency, hand each job to the [`Worker`], ack or requeue, reconnect with backoff.
+//!
+//! Shutdown: stop consuming, give running builds the grace period, then cancel them (the runtime
+//! stops and removes their containers), requeue what did not finish, close the channel.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use futures_util::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
+    QueueDeclareOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{Connection, ConnectionProperties};
+use lockstep_proto::v1::{self, Job};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{MAX_BACKOFF, REQUEUE_DELAY};
+use crate::worker::{Disposition, Worker};
+
+/// Runs until `shutdown` fires.
+pub async fn run(worker: Arc<Worker>, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let queue = v1::builder_queue(&worker.key.fingerprint());
+    let mut delay = Duration::from_millis(200);
+    while !shutdown.is_cancelled() {
+        let props = ConnectionProperties::default()
+            .with_connection_name(format!("lockstep-agent {}", worker.cfg.name).into());
+        let conn = match Connection::connect(&worker.cfg.amqp_url, props).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?delay, "cannot reach RabbitMQ; is rabbitmq-server running? retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(MAX_BACKOFF);
+                continue;
+            }
+        };
+        match session(&worker, &conn, &queue, &shutdown).await {
+            Ok(()) => delay = Duration::from_millis(200),
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), retry_in = ?delay, "AMQP session ended; reconnecting");
+                tokio::select! {
+                    _ = shutdown.cancelled() => {}
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(MAX_BACKOFF);
+            }
+        }
+        let _ = conn.close(200, "agent closing".into()).await;
+    }
+    Ok(())
+}
+
+async fn session(
+    worker: &Arc<Worker>,
+    conn: &Connection,
+    queue: &str,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    let ch = conn.create_channel().await.context("opening a channel")?;
+    // The coordinator declares builder queues for trusted builders; a missing queue means this
+    // agent's key is not in the coordinator's policy yet.
+    if let Err(e) = ch
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+    {
+        anyhow::bail!(
+            "queue {queue} does not exist ({e}); add this agent's public key (fingerprint {}) to the coordinator's policy and reload it",
+            worker.key.fingerprint()
+        );
+    }
+    ch.basic_qos(worker.cfg.concurrency, BasicQosOptions::default())
+        .await
+        .context("setting the prefetch")?;
+    let tag = format!("{}-{}", worker.cfg.name, std::process::id());
+    let mut consumer = ch
+        .basic_consume(
+            queue.into(),
+            tag.as_str().into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .context("starting to consume")?;
+    tracing::info!(%queue, concurrency = worker.cfg.concurrency, "consuming jobs");
+    let permits = Arc::new(Semaphore::new(worker.cfg.concurrency as usize));
+    let builds = CancellationToken::new();
+    let mut tasks = JoinSet::new();
+    let result = loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break Ok(()),
+            Some(done) = tasks.join_next(), if !tasks.is_empty() => {
+                if let Err(e) = done {
+                    tracing::error!(error = %e, "job task panicked");
+                }
+            }
+            next = consumer.next() => {
+                match next {
+                    None => break Err(anyhow::anyhow!("consumer cancelled by the broker")),
+                    Some(Err(e)) => break Err(anyhow::Error::new(e).context("consuming")),
+                    Some(Ok(delivery)) => {
+                        let permit = permits.clone().acquire_owned().await.context("semaphore closed")?;
+                        let w = worker.clone();
+                        let cancel = builds.child_token();
+                        tasks.spawn(async move {
+                            handle_delivery(&w, delivery, cancel).await;
+                            drop(permit);
+                        });
+                    }
+                }
+            }
+        }
+    };
+    // Stop receiving new deliveries.
+    let _ = ch
+        .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
+        .await;
+    if !tasks.is_empty() {
+        let grace = worker.cfg.shutdown_grace;
+        tracing::info!(running = tasks.len(), ?grace, "waiting for running builds");
+        let drained =
+            tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
+        if drained.is_err() {
+            tracing::warn!("grace period over: stopping running builds and requeueing them");
+            builds.cancel();
+            while tasks.join_next().await.is_some() {}
+        }
+    }
+    let _ = ch.close(200, "agent closing".into()).await;
+    result
+}
+
+async fn handle_delivery(worker: &Worker, delivery: Delivery, cancel: CancellationToken) {
+    let job: Job = match serde_json::from_slice(&delivery.data) {
+        Ok(j) => j,
+        Err(e) => {
+            tracing::error!(error = %e, "undecodable job message; dead-lettering it");
+            let _ = delivery
+                .acker
+                .nack(BasicNackOptions {
+                    requeue: false,
+                    ..Default::default()
+                })
+                .await;
+            return;
+        }
+    };
+    tracing::info!(job = %job.job_id, source = %job.source, version = %job.version, arch = %job.arch, redelivered = delivery.redelivered, "job received");
+    let disposition = worker.handle(&job, cancel).await;
+    let result = match &disposition {
+        Disposition::Ack => delivery.acker.ack(BasicAckOptions::default()).await,
+        Disposition::Requeue(reason) => {
+            tracing::warn!(job = %job.job_id, %reason, "requeueing the job");
+            tokio::time::sleep(REQUEUE_DELAY).await;
+            delivery
+                .acker
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    ..Default::default()
+                })
+                .await
+        }
+        Disposition::Reject(reason) => {
+            tracing::error!(job = %job.job_id, %reason, "rejecting the job (dead-lettered)");
+            delivery
+                .acker
+                .nack(BasicNackOptions {
+                    requeue: false,
+                    ..Default::default()
+                })
+                .await
+        }
+    };
+    if let Err(e) = result {
+        // The channel this delivery came on is gone (broker restart): its tag means nothing now.
+        // The broker redelivers the job; the attestation check makes that cheap.
+        tracing::warn!(job = %job.job_id, error = %e, "could not settle the delivery; the broker will redeliver it");
+    }
+}

@@ -1,0 +1,377 @@
+//! What runs in the two containers of a job, and with which isolation: pure functions from a
+//! request and the config to Docker container specifications and the recorded [`Recipe`].
+//!
+//! The build follows Debian's build daemons: the source is unpacked with `dpkg-source -x` into
+//! `/build/reproducible-path/<source>-<upstream version>` and built there by a non-root user with
+//! `dpkg-buildpackage -B|-A -us -uc -rfakeroot`, umask 022, a clean environment
+//! (`LANG=C.UTF-8`, `LC_ALL=C.UTF-8`, `HOME=/nonexistent`, `TZ=UTC`, fixed `PATH`), a fixed
+//! hostname and domainname, and no `SOURCE_DATE_EPOCH` (dpkg takes it from `debian/changelog`).
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use bollard::models::{ContainerCreateBody, HostConfig, HostConfigLogConfig, Mount, MountType};
+use lockstep_proto::v1::{BuildKind, Recipe};
+
+use super::{BuildRequest, RuntimeConfig, RuntimeError};
+
+/// Mount point of the build directory in the build container.
+pub(crate) const BUILD_ROOT: &str = "/build";
+/// Parent of the unpacked source, where `dpkg-buildpackage` writes its outputs.
+pub(crate) const BUILD_PARENT: &str = "/build/reproducible-path";
+/// Where the deps step sees the job's source files (read-only). Under `/tmp`, so the build
+/// step's tmpfs hides the empty mount point the commit leaves behind.
+pub(crate) const SOURCE_MOUNT: &str = "/tmp/lockstep-source";
+/// Hostname of every container: Docker's default is random, which leaks into some builds.
+pub(crate) const HOSTNAME: &str = "lockstep-build";
+/// NIS domain name of every container (Docker leaves it empty or inherited otherwise).
+pub(crate) const DOMAINNAME: &str = "lockstep";
+/// `PATH` of the build, as Debian's sbuild sets it.
+pub(crate) const BUILD_PATH_ENV: &str =
+    "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+/// Exit code the deps script uses when `apt-get update` fails (EX_TEMPFAIL): a mirror or network
+/// problem, retryable elsewhere, as opposed to unsatisfiable build dependencies.
+pub(crate) const DEPS_EXIT_TEMPFAIL: i64 = 75;
+/// Capabilities apt and dpkg need as root to unpack and configure packages (owners, modes,
+/// setuid bits, apt's `_apt` download sandbox and stopping its own helpers). Everything else is
+/// dropped.
+pub(crate) const DEPS_CAPS: [&str; 7] = [
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "FOWNER",
+    "FSETID",
+    "SETUID",
+    "SETGID",
+    "KILL",
+];
+/// Label put on every container so leftovers of a crashed agent can be found.
+pub(crate) const LABEL_JOB: &str = "org.lockstep.job";
+/// Label naming the step (`deps` or `build`).
+pub(crate) const LABEL_ROLE: &str = "org.lockstep.role";
+
+/// The deps step: install build dependencies as root. `$1` is the `.dsc`, `$2` the apt-get
+/// option selecting arch-dependent or arch-independent build dependencies.
+const DEPS_SCRIPT: &str = r#"set -eu
+export DEBIAN_FRONTEND=noninteractive
+apt-get update --error-on=any || exit 75
+apt-get build-dep --yes --no-install-recommends "$2" "$1"
+apt-get clean
+rm -rf /var/lib/apt/lists/*
+"#;
+
+/// The build step, as the build user. `$1` is the `.dsc` (in the current directory), `$2` the
+/// directory to unpack into, `$3` `-B` or `-A`.
+const BUILD_SCRIPT: &str = r#"set -eu
+umask 022
+cd /build/reproducible-path
+dpkg-source -x "$1" "$2"
+cd "$2"
+exec dpkg-buildpackage "$3" -us -uc -rfakeroot
+"#;
+
+/// Validated, shell-safe names derived from a request.
+#[derive(Clone, Debug)]
+pub(crate) struct JobNames {
+    /// `<source>-<upstream version>`.
+    pub(crate) unpack_dir: String,
+    /// `/build/reproducible-path/<source>-<upstream version>`.
+    pub(crate) build_path: String,
+}
+
+/// The upstream part of a Debian version: no epoch, no final `-revision`.
+pub fn upstream_version(version: &str) -> &str {
+    let no_epoch = version.split_once(':').map_or(version, |(_, v)| v);
+    no_epoch.rsplit_once('-').map_or(no_epoch, |(u, _)| u)
+}
+
+fn is_source_name(s: &str) -> bool {
+    s.len() >= 2
+        && s.bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+.-".contains(&b))
+}
+
+fn is_version(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes().next().is_some_and(|b| b.is_ascii_digit())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b".+~:-".contains(&b))
+        && !upstream_version(s).is_empty()
+}
+
+fn is_dsc_name(s: &str) -> bool {
+    s.len() > 4
+        && s.ends_with(".dsc")
+        && s.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b".+~_-".contains(&b))
+}
+
+/// Checks the request's names (they end up in paths and command lines) and derives the build
+/// path. Does not touch the file system.
+pub(crate) fn job_names(req: &BuildRequest) -> Result<JobNames, RuntimeError> {
+    let bad = |what: &str, v: &str| RuntimeError::InvalidRequest(format!("{what} {v:?}"));
+    if !is_source_name(&req.source) {
+        return Err(bad("not a Debian source package name:", &req.source));
+    }
+    if !is_version(&req.version) {
+        return Err(bad("not a Debian version:", &req.version));
+    }
+    if !is_dsc_name(&req.dsc_name) {
+        return Err(bad("not a plain .dsc file name:", &req.dsc_name));
+    }
+    let unpack_dir = format!("{}-{}", req.source, upstream_version(&req.version));
+    Ok(JobNames {
+        build_path: format!("{BUILD_PARENT}/{unpack_dir}"),
+        unpack_dir,
+    })
+}
+
+/// The environment of the build step, exactly (Docker adds nothing else: `HOSTNAME` is set here
+/// to the value Docker would set).
+pub(crate) fn build_env() -> Vec<String> {
+    vec![
+        format!("PATH={BUILD_PATH_ENV}"),
+        "LANG=C.UTF-8".to_owned(),
+        "LC_ALL=C.UTF-8".to_owned(),
+        "HOME=/nonexistent".to_owned(),
+        "TZ=UTC".to_owned(),
+        format!("HOSTNAME={HOSTNAME}"),
+    ]
+}
+
+/// What the statement records about how the binaries were made.
+pub(crate) fn recipe(req: &BuildRequest, names: &JobNames, cfg: &RuntimeConfig) -> Recipe {
+    let flag = req.kind.dpkg_flag();
+    Recipe {
+        command: format!(
+            "umask 022; cd {BUILD_PARENT}; dpkg-source -x {dsc} {dir}; cd {dir}; \
+             dpkg-buildpackage {flag} -us -uc -rfakeroot \
+             [hostname {HOSTNAME}, domainname {DOMAINNAME}, network none, read-only root, \
+             build dependencies from apt-get build-dep {deps_flag}]",
+            dsc = req.dsc_name,
+            dir = names.unpack_dir,
+            deps_flag = apt_build_dep_flag(req.kind),
+        ),
+        build_path: names.build_path.clone(),
+        user: format!("builder ({uid}:{uid})", uid = cfg.build_uid),
+        environment: build_env(),
+    }
+}
+
+/// apt-get build-dep's selection matching `dpkg-buildpackage -B` / `-A`.
+fn apt_build_dep_flag(kind: BuildKind) -> &'static str {
+    match kind {
+        BuildKind::Any => "--arch-only",
+        BuildKind::All => "--indep-only",
+    }
+}
+
+fn labels(job_id: &str, role: &str) -> HashMap<String, String> {
+    HashMap::from([
+        (LABEL_JOB.to_owned(), job_id.to_owned()),
+        (LABEL_ROLE.to_owned(), role.to_owned()),
+    ])
+}
+
+/// Host settings shared by both steps: limits, no extra privileges, bounded json-file logs.
+fn common_host_config(cfg: &RuntimeConfig) -> HostConfig {
+    // Docker keeps container output on the host disk; cap it too (the agent follows the stream
+    // live, so rotation loses nothing the agent keeps).
+    let log_file_bytes = cfg.log_cap_bytes.max(1 << 20).to_string();
+    HostConfig {
+        privileged: Some(false),
+        cap_drop: Some(vec!["ALL".to_owned()]),
+        security_opt: Some(vec!["no-new-privileges".to_owned()]),
+        pids_limit: Some(cfg.pids_limit),
+        memory: Some(cfg.memory_bytes),
+        memory_swap: Some(cfg.memory_bytes),
+        ipc_mode: Some("private".to_owned()),
+        auto_remove: Some(false),
+        log_config: Some(HostConfigLogConfig {
+            typ: Some("json-file".to_owned()),
+            config: Some(HashMap::from([
+                ("max-size".to_owned(), log_file_bytes),
+                ("max-file".to_owned(), "2".to_owned()),
+            ])),
+        }),
+        ..Default::default()
+    }
+}
+
+/// The deps container: root, network `deps_network`, minimal capabilities, the job's source
+/// directory mounted read-only.
+pub(crate) fn deps_container(
+    cfg: &RuntimeConfig,
+    req: &BuildRequest,
+    image: &str,
+    source_dir: &Path,
+) -> ContainerCreateBody {
+    ContainerCreateBody {
+        image: Some(image.to_owned()),
+        user: Some("0:0".to_owned()),
+        hostname: Some(HOSTNAME.to_owned()),
+        domainname: Some(DOMAINNAME.to_owned()),
+        working_dir: Some("/".to_owned()),
+        env: Some(vec![
+            format!("PATH={BUILD_PATH_ENV}"),
+            "LANG=C.UTF-8".to_owned(),
+            "LC_ALL=C.UTF-8".to_owned(),
+            "HOME=/root".to_owned(),
+            "TZ=UTC".to_owned(),
+            format!("HOSTNAME={HOSTNAME}"),
+        ]),
+        entrypoint: Some(vec![]),
+        cmd: Some(vec![
+            "/bin/sh".to_owned(),
+            "-c".to_owned(),
+            DEPS_SCRIPT.to_owned(),
+            "lockstep-deps".to_owned(),
+            format!("{SOURCE_MOUNT}/{}", req.dsc_name),
+            apt_build_dep_flag(req.kind).to_owned(),
+        ]),
+        labels: Some(labels(&req.job_id, "deps")),
+        host_config: Some(HostConfig {
+            network_mode: Some(cfg.deps_network.clone()),
+            readonly_rootfs: Some(false),
+            cap_add: Some(DEPS_CAPS.iter().map(|c| (*c).to_owned()).collect()),
+            mounts: Some(vec![Mount {
+                target: Some(SOURCE_MOUNT.to_owned()),
+                source: Some(source_dir.to_string_lossy().into_owned()),
+                typ: Some(MountType::BIND),
+                read_only: Some(true),
+                ..Default::default()
+            }]),
+            ..common_host_config(cfg)
+        }),
+        ..Default::default()
+    }
+}
+
+/// The build container: the build user, no network, read-only root, no capabilities, a
+/// size-limited `/tmp`, and the job's build directory at `/build` — nothing else mounted.
+pub(crate) fn build_container(
+    cfg: &RuntimeConfig,
+    req: &BuildRequest,
+    names: &JobNames,
+    image: &str,
+    host_build_dir: &Path,
+) -> ContainerCreateBody {
+    ContainerCreateBody {
+        image: Some(image.to_owned()),
+        user: Some(format!("{uid}:{uid}", uid = cfg.build_uid)),
+        hostname: Some(HOSTNAME.to_owned()),
+        domainname: Some(DOMAINNAME.to_owned()),
+        working_dir: Some(BUILD_ROOT.to_owned()),
+        env: Some(build_env()),
+        network_disabled: Some(true),
+        entrypoint: Some(vec![]),
+        cmd: Some(vec![
+            "/bin/sh".to_owned(),
+            "-c".to_owned(),
+            BUILD_SCRIPT.to_owned(),
+            "lockstep-build".to_owned(),
+            req.dsc_name.clone(),
+            names.unpack_dir.clone(),
+            req.kind.dpkg_flag().to_owned(),
+        ]),
+        labels: Some(labels(&req.job_id, "build")),
+        host_config: Some(HostConfig {
+            network_mode: Some("none".to_owned()),
+            readonly_rootfs: Some(true),
+            cap_add: Some(vec![]),
+            mounts: Some(vec![Mount {
+                target: Some(BUILD_ROOT.to_owned()),
+                source: Some(host_build_dir.to_string_lossy().into_owned()),
+                typ: Some(MountType::BIND),
+                read_only: Some(false),
+                ..Default::default()
+            }]),
+            tmpfs: Some(HashMap::from([(
+                "/tmp".to_owned(),
+                // exec: configure scripts and test suites run programs they build in /tmp.
+                format!("rw,exec,nosuid,nodev,size={},mode=1777", cfg.tmpfs_size),
+            )])),
+            ..common_host_config(cfg)
+        }),
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    fn request(source: &str, version: &str, dsc: &str) -> BuildRequest {
+        BuildRequest {
+            job_id: "job-1".into(),
+            source: source.into(),
+            version: version.into(),
+            kind: BuildKind::Any,
+            dsc_name: dsc.into(),
+            source_dir: PathBuf::from("/src"),
+            work_dir: PathBuf::from("/work"),
+            image: lockstep_proto::v1::ImageRef {
+                name: "img".into(),
+                digest: "sha256:00".into(),
+            },
+        }
+    }
+
+    #[test]
+    fn upstream_version_drops_epoch_and_revision() {
+        assert_eq!(upstream_version("2.10-3"), "2.10");
+        assert_eq!(upstream_version("1:2.3-4-5"), "2.3-4");
+        assert_eq!(upstream_version("1.0"), "1.0");
+        assert_eq!(upstream_version("2:1.0+dfsg"), "1.0+dfsg");
+    }
+
+    #[test]
+    fn build_path_follows_the_buildd_convention() {
+        let names = job_names(&request("hello", "2.10-3", "hello_2.10-3.dsc")).expect("valid");
+        assert_eq!(names.build_path, "/build/reproducible-path/hello-2.10");
+    }
+
+    #[test]
+    fn names_that_could_escape_paths_or_commands_are_refused() {
+        for (s, v, d) in [
+            ("../x", "1.0", "x_1.0.dsc"),
+            ("hello", "1.0;rm", "x_1.0.dsc"),
+            ("hello", "1.0", "../x.dsc"),
+            ("hello", "1.0", "x.tar.gz"),
+            ("hello", "-1", "x_1.dsc"),
+            ("Hello", "1.0", "x_1.dsc"),
+        ] {
+            assert!(
+                matches!(
+                    job_names(&request(s, v, d)),
+                    Err(RuntimeError::InvalidRequest(_))
+                ),
+                "{s} {v} {d}"
+            );
+        }
+    }
+
+    #[test]
+    fn build_container_is_locked_down() {
+        let cfg = RuntimeConfig::default();
+        let req = request("hello", "2.10-3", "hello_2.10-3.dsc");
+        let names = job_names(&req).expect("valid");
+        let body = build_container(&cfg, &req, &names, "img", Path::new("/w/build"));
+        let hc = body.host_config.expect("host config");
+        assert_eq!(hc.network_mode.as_deref(), Some("none"));
+        assert_eq!(hc.readonly_rootfs, Some(true));
+        assert_eq!(hc.privileged, Some(false));
+        assert_eq!(hc.cap_drop, Some(vec!["ALL".to_owned()]));
+        assert_eq!(hc.cap_add, Some(vec![]));
+        assert_eq!(hc.mounts.expect("mounts").len(), 1);
+        assert!(hc.binds.is_none());
+        assert_eq!(body.user.as_deref(), Some("1000:1000"));
+        assert!(!build_env()
+            .iter()
+            .any(|e| e.starts_with("SOURCE_DATE_EPOCH")));
+    }
+}

@@ -1,0 +1,269 @@
+//! [`Archive`]: the one handle the coordinator holds. It owns the blob store, the database
+//! connection and the log key, and is the only place that combines them (for example turning a
+//! blob collision into an alarm row).
+//!
+//! All methods are synchronous and may block on disk I/O and fsync; async callers use
+//! `spawn_blocking`. The database connection sits behind a `std::sync::Mutex` that is never held
+//! across an `.await` (there are none here). Share an `Archive` with `Arc`.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+
+use chrono::Utc;
+use lockstep_proto::digest::Sha256Digest;
+use rusqlite::Connection;
+
+use crate::blobs::{BlobPut, BlobStore};
+use crate::error::ArchiveError;
+use crate::log::{self, LogKey};
+use crate::records::{self, format_time, Alarm, NewRecord, Record, RecordRef};
+use crate::verify::{self, VerifyReport};
+
+/// File name of the database inside the archive directory.
+pub const DB_FILE: &str = "archive.sqlite";
+/// File name of the log's Ed25519 seed inside the archive directory.
+pub const KEY_FILE: &str = "log-key";
+/// Directory of content-addressed blobs inside the archive directory.
+pub const BLOB_DIR: &str = "blobs";
+
+/// The write-once archive: blobs, immutable records and their transparency log.
+pub struct Archive {
+    db_path: PathBuf,
+    blobs: BlobStore,
+    db: Mutex<Connection>,
+    origin: String,
+    key: LogKey,
+}
+
+impl std::fmt::Debug for Archive {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Archive")
+            .field("db_path", &self.db_path)
+            .field("origin", &self.origin)
+            .field("verifier_key", &self.key.verifier_key)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Archive {
+    /// Opens or creates the archive under `dir`: `dir/blobs/`, `dir/archive.sqlite` and the log
+    /// key `dir/log-key` (created, mode 0600, on first open). `log_origin` is the checkpoint
+    /// origin line and the key name, e.g. "lockstep.example/log".
+    pub fn open(dir: &Path, log_origin: &str) -> Result<Archive, ArchiveError> {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            ArchiveError::io(format!("creating archive directory {}", dir.display()), e)
+        })?;
+        let key = log::load_or_create_key(&dir.join(KEY_FILE), log_origin)?;
+        let blobs = BlobStore::open(&dir.join(BLOB_DIR))?;
+        let db_path = dir.join(DB_FILE);
+        let conn = crate::db::open(&db_path)?;
+        Ok(Archive {
+            db_path,
+            blobs,
+            db: Mutex::new(conn),
+            origin: log_origin.to_owned(),
+            key,
+        })
+    }
+
+    fn conn(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock cannot leave a half-written append: the open
+        // rusqlite transaction rolls back when dropped during unwinding. So a poisoned lock
+        // still guards a consistent connection.
+        self.db
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    // ---- blobs ----
+
+    /// Streams `reader` into the store (see [`crate::blobs`]). `expected`: refuse unless the
+    /// bytes hash to it. Identical bytes already stored → `created: false`. A stored file that
+    /// no longer matches its name → [`ArchiveError::Collision`] and an alarm.
+    pub fn put_blob(
+        &self,
+        expected: Option<Sha256Digest>,
+        reader: impl std::io::Read,
+        max_size: u64,
+    ) -> Result<BlobPut, ArchiveError> {
+        match self.blobs.put(expected, reader, max_size) {
+            Ok(put) => {
+                records::register_blob(&self.conn(), &put.digest, put.size)?;
+                Ok(put)
+            }
+            Err(ArchiveError::Collision { digest }) => {
+                let path = self.blobs.final_path(&digest);
+                self.alarm(
+                    "blob-collision",
+                    &digest.to_hex(),
+                    &format!(
+                        "an upload of {digest} found {} already present with different content \
+                         (tampered or corrupt); the file was left as is",
+                        path.display()
+                    ),
+                );
+                Err(ArchiveError::Collision { digest })
+            }
+            Err(ArchiveError::Corrupt(msg)) => {
+                self.alarm("blob-corrupt", "put_blob", &msg);
+                Err(ArchiveError::Corrupt(msg))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Records an alarm; if even that fails, the failure is logged (the original error is what
+    /// the caller needs to see).
+    fn alarm(&self, kind: &str, subject: &str, detail: &str) {
+        if let Err(e) = records::raise_alarm(&self.conn(), kind, subject, detail) {
+            tracing::error!(error = %e, alarm = kind, subject, detail, "could not record alarm");
+        }
+    }
+
+    pub fn has_blob(&self, d: &Sha256Digest) -> bool {
+        self.blobs.path(d).is_some()
+    }
+
+    /// Path of a stored blob, if present. Open it read-only; never write to it.
+    pub fn blob_path(&self, d: &Sha256Digest) -> Option<PathBuf> {
+        self.blobs.path(d)
+    }
+
+    pub fn blob_size(&self, d: &Sha256Digest) -> Option<u64> {
+        self.blobs.size(d)
+    }
+
+    // ---- records ----
+
+    /// Appends a record and its log leaf in one transaction. Idempotent on `dedup_key`: same key
+    /// and identical body → the existing record with `created: false`; different body →
+    /// [`ArchiveError::Conflict`] and an alarm.
+    pub fn append_record(&self, rec: NewRecord) -> Result<RecordRef, ArchiveError> {
+        let mut refs = self.append_records(std::slice::from_ref(&rec))?;
+        Ok(refs
+            .pop()
+            .expect("append_records returns one ref per record"))
+    }
+
+    /// Appends several records in one transaction (one fsync): all or none. Same dedup rules as
+    /// [`Archive::append_record`]; a conflict in any record aborts the whole batch.
+    pub fn append_records(&self, recs: &[NewRecord]) -> Result<Vec<RecordRef>, ArchiveError> {
+        let mut conn = self.conn();
+        let now = format_time(&Utc::now());
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let mut out = Vec::with_capacity(recs.len());
+        for rec in recs {
+            match records::append(&tx, rec, &now) {
+                Ok(r) => out.push(r),
+                Err(ArchiveError::Conflict { dedup_key }) => {
+                    drop(tx); // roll back the whole batch before recording the alarm
+                    let detail = format!(
+                        "a record for {}/{}/{} of kind {} was submitted with dedup key \
+                         {dedup_key:?} but different content than the stored one; refused",
+                        rec.source, rec.version, rec.arch, rec.kind
+                    );
+                    if let Err(e) =
+                        records::raise_alarm(&conn, "record-conflict", &dedup_key, &detail)
+                    {
+                        tracing::error!(error = %e, dedup_key, "could not record alarm");
+                    }
+                    return Err(ArchiveError::Conflict { dedup_key });
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        tx.commit()?;
+        Ok(out)
+    }
+
+    pub fn record(&self, id: i64) -> Result<Option<Record>, ArchiveError> {
+        records::by_id(&self.conn(), id)
+    }
+
+    /// Records for a (source, version, arch) key, in append order, optionally of one kind.
+    pub fn records_for(
+        &self,
+        source: &str,
+        version: &str,
+        arch: &str,
+        kind: Option<&str>,
+    ) -> Result<Vec<Record>, ArchiveError> {
+        records::by_key(&self.conn(), source, version, arch, kind)
+    }
+
+    /// Records of one kind, in append order.
+    pub fn records_by_kind(&self, kind: &str) -> Result<Vec<Record>, ArchiveError> {
+        records::by_kind(&self.conn(), kind)
+    }
+
+    /// Records that link the blob with this digest, in append order.
+    pub fn records_with_blob(&self, d: &Sha256Digest) -> Result<Vec<Record>, ArchiveError> {
+        records::with_blob(&self.conn(), d)
+    }
+
+    /// Every alarm ever raised, oldest first.
+    pub fn alarms(&self) -> Result<Vec<Alarm>, ArchiveError> {
+        records::alarms(&self.conn())
+    }
+
+    // ---- transparency log ----
+
+    pub fn log_size(&self) -> Result<u64, ArchiveError> {
+        log::size_in(&self.conn())
+    }
+
+    /// Signs and stores a checkpoint for the current size and returns the signed note. Cheap: if
+    /// the size has not changed since the last checkpoint, that one is returned. Refuses (and
+    /// raises an alarm) if the stored tree no longer reproduces the previous checkpoint.
+    pub fn checkpoint(&self) -> Result<String, ArchiveError> {
+        log::checkpoint(&self.conn(), &self.origin, &self.key)
+    }
+
+    pub fn latest_checkpoint(&self) -> Result<Option<String>, ArchiveError> {
+        Ok(log::latest(&self.conn())?.map(|(_, _, note)| note))
+    }
+
+    /// The log's verifier key, `name+hash+base64key` (signed-note form).
+    pub fn verifier_key(&self) -> String {
+        self.key.verifier_key.clone()
+    }
+
+    /// The log origin (also the key name).
+    pub fn origin(&self) -> &str {
+        &self.origin
+    }
+
+    /// Bytes of a C2SP tlog-tiles resource: `tile/<L>/<N>[.p/<W>]` (hash tile) or
+    /// `tile/entries/<N>[.p/<W>]` (entry bundle). `Ok(None)`: not (yet) in the tree.
+    pub fn tile(&self, path: &str) -> Result<Option<Vec<u8>>, ArchiveError> {
+        log::tile(&self.conn(), path)
+    }
+
+    /// Inclusion proof for leaf `index` in the tree of `size` leaves.
+    pub fn inclusion_proof(&self, index: u64, size: u64) -> Result<Vec<[u8; 32]>, ArchiveError> {
+        log::inclusion_proof(&self.conn(), index, size)
+    }
+
+    /// Consistency proof from the tree of `old` leaves to the tree of `new` leaves.
+    pub fn consistency_proof(&self, old: u64, new: u64) -> Result<Vec<[u8; 32]>, ArchiveError> {
+        log::consistency_proof(&self.conn(), old, new)
+    }
+
+    /// Root hash of the tree of the first `size` leaves.
+    pub fn root_hash(&self, size: u64) -> Result<[u8; 32], ArchiveError> {
+        log::root_hash(&self.conn(), size)
+    }
+
+    // ---- audit ----
+
+    /// Re-checks every blob, record, stored hash and checkpoint (see [`crate::verify`]) and
+    /// returns every problem found. Runs on its own read-only connection; appends continue.
+    pub fn verify(&self) -> Result<VerifyReport, ArchiveError> {
+        verify::run(&self.db_path, &self.blobs, &self.key.verifier_key)
+    }
+
+    /// The archive directory's blob root (for operators and tests).
+    pub fn blob_root(&self) -> &Path {
+        self.blobs.root()
+    }
+}

@@ -1,0 +1,459 @@
+//! The transparency log: roots against an independent RFC 6962 implementation, inclusion and
+//! consistency proofs (and their rejection when mangled), tiles, checkpoints and the audit.
+
+mod common;
+
+use common::*;
+use lockstep_archive::proof::{
+    leaf_hash, verify_checkpoint, verify_consistency, verify_inclusion, ProofError,
+};
+use lockstep_archive::ArchiveError;
+
+const SIZES: &[u64] = &[
+    0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 15, 16, 17, 31, 32, 33, 100, 255, 256, 257,
+];
+
+/// Every way of spoiling a proof: each single bit flipped, truncated at either end, extended
+/// at either end.
+fn mangled(proof: &[[u8; 32]]) -> Vec<Vec<[u8; 32]>> {
+    let mut out = Vec::new();
+    for i in 0..proof.len() {
+        for bit in 0..256 {
+            let mut p = proof.to_vec();
+            p[i][bit / 8] ^= 1 << (bit % 8);
+            out.push(p);
+        }
+    }
+    if !proof.is_empty() {
+        out.push(proof[1..].to_vec());
+        out.push(proof[..proof.len() - 1].to_vec());
+    }
+    let mut longer = proof.to_vec();
+    longer.push([0u8; 32]);
+    out.push(longer);
+    let mut longer = proof.to_vec();
+    longer.insert(0, proof.first().copied().unwrap_or([7u8; 32]));
+    out.push(longer);
+    out
+}
+
+fn flip(mut h: [u8; 32]) -> [u8; 32] {
+    h[31] ^= 1;
+    h
+}
+
+#[test]
+fn roots_match_an_independent_rfc6962_computation_at_every_size() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let a = archive_with(dir.path(), 257);
+    let hashes: Vec<[u8; 32]> = leaves(&a).iter().map(|d| rfc_leaf_hash(d)).collect();
+    for size in 0..=257u64 {
+        assert_eq!(
+            a.root_hash(size).expect("root"),
+            mth(&hashes[..size as usize]),
+            "root at size {size}"
+        );
+    }
+    assert!(matches!(a.root_hash(258), Err(ArchiveError::BadRequest(_))));
+    assert_eq!(leaf_hash(b"x"), rfc_leaf_hash(b"x"));
+}
+
+#[test]
+fn every_inclusion_proof_verifies_and_every_spoiled_one_is_rejected() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let a = archive_with(dir.path(), 257);
+    let hashes: Vec<[u8; 32]> = leaves(&a).iter().map(|d| rfc_leaf_hash(d)).collect();
+    let roots: Vec<[u8; 32]> = (0..=hashes.len()).map(|n| mth(&hashes[..n])).collect();
+    for &size in SIZES {
+        let root = roots[size as usize];
+        for index in 0..size {
+            let leaf = hashes[index as usize];
+            let proof = a.inclusion_proof(index, size).expect("proof");
+            assert_eq!(
+                verify_inclusion(leaf, index, size, &proof, root),
+                Ok(()),
+                "leaf {index} in size {size}"
+            );
+            // Mangling every bit of every proof for every leaf of the big trees is slow in a
+            // debug build; do it exhaustively for small trees and on a spread of leaves above.
+            let exhaustive = size <= 33 || index % 37 == 0 || index + 1 == size;
+            if exhaustive {
+                for bad in mangled(&proof) {
+                    assert!(
+                        verify_inclusion(leaf, index, size, &bad, root).is_err(),
+                        "mangled proof accepted: leaf {index} size {size}"
+                    );
+                }
+            }
+            assert!(verify_inclusion(flip(leaf), index, size, &proof, root).is_err());
+            assert!(verify_inclusion(leaf, index, size, &proof, flip(root)).is_err());
+            // The proof must not prove the leaf at another position or in another tree, even
+            // against that tree's honest root. (A proof that is literally the honest proof for
+            // the other position proves nothing false, so those are skipped: RFC 6962 proofs do
+            // not commit to the size by themselves — the signed checkpoint does.)
+            for (i, s) in [
+                (index + 1, size),
+                (index.wrapping_sub(1), size),
+                (index, size + 1),
+                (index, size.saturating_sub(1)),
+                (index, size * 2),
+            ] {
+                if (i, s) == (index, size) || s > 257 || i >= s {
+                    continue;
+                }
+                if a.inclusion_proof(i, s).ok().as_deref() == Some(&proof[..])
+                    && hashes[i as usize] == leaf
+                {
+                    continue;
+                }
+                assert!(
+                    verify_inclusion(leaf, i, s, &proof, roots[s as usize]).is_err(),
+                    "proof for {index}/{size} accepted as {i}/{s}"
+                );
+            }
+            // An index outside the claimed tree is refused outright.
+            assert!(matches!(
+                verify_inclusion(leaf, size, size, &proof, root),
+                Err(ProofError::BadInput(_))
+            ));
+        }
+        assert!(matches!(
+            a.inclusion_proof(size, size),
+            Err(ArchiveError::BadRequest(_))
+        ));
+    }
+    assert!(matches!(
+        verify_inclusion([0; 32], 0, 0, &[], [0; 32]),
+        Err(ProofError::BadInput(_))
+    ));
+}
+
+#[test]
+fn every_consistency_proof_verifies_and_every_spoiled_one_is_rejected() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let a = archive_with(dir.path(), 257);
+    let hashes: Vec<[u8; 32]> = leaves(&a).iter().map(|d| rfc_leaf_hash(d)).collect();
+    let roots: Vec<[u8; 32]> = (0..=hashes.len()).map(|n| mth(&hashes[..n])).collect();
+    let root = |n: u64| roots[n as usize];
+    for &new in SIZES {
+        for &old in SIZES.iter().filter(|&&o| o <= new) {
+            let proof = a.consistency_proof(old, new).expect("proof");
+            assert_eq!(
+                verify_consistency(old, root(old), new, root(new), &proof),
+                Ok(()),
+                "{old} -> {new}"
+            );
+            if old == 0 {
+                assert!(proof.is_empty());
+                assert!(verify_consistency(0, flip(root(0)), new, root(new), &proof).is_err());
+                continue;
+            }
+            for bad in mangled(&proof) {
+                assert!(
+                    verify_consistency(old, root(old), new, root(new), &bad).is_err(),
+                    "mangled proof accepted: {old} -> {new}"
+                );
+            }
+            assert!(verify_consistency(old, flip(root(old)), new, root(new), &proof).is_err());
+            assert!(verify_consistency(old, root(old), new, flip(root(new)), &proof).is_err());
+            if old != new {
+                assert!(
+                    verify_consistency(new, root(new), old, root(old), &proof).is_err(),
+                    "swapped sizes accepted: {old} -> {new}"
+                );
+            }
+            for (o, n) in [
+                (old + 1, new),
+                (old - 1, new),
+                (old, new + 1),
+                (old, new - 1),
+            ] {
+                if (o, n) != (old, new) && o <= n && o >= 1 && n <= 257 {
+                    let (ro, rn) = (root(o), root(n));
+                    // Even with the honest roots of the other sizes, this proof must not fit.
+                    if a.consistency_proof(o, n).ok().as_deref() != Some(&proof[..]) {
+                        assert!(
+                            verify_consistency(o, ro, n, rn, &proof).is_err(),
+                            "proof for {old}->{new} accepted as {o}->{n}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+    assert!(matches!(
+        a.consistency_proof(5, 4),
+        Err(ArchiveError::BadRequest(_))
+    ));
+    assert!(matches!(
+        a.consistency_proof(1, 258),
+        Err(ArchiveError::BadRequest(_))
+    ));
+}
+
+#[test]
+fn hash_tiles_and_entry_bundles_match_an_independent_computation() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let a = archive_with(dir.path(), 300);
+    let data = leaves(&a);
+    let hashes: Vec<[u8; 32]> = data.iter().map(|d| rfc_leaf_hash(d)).collect();
+
+    let full = a
+        .tile("tile/0/000")
+        .expect("tile")
+        .expect("full tile exists");
+    assert_eq!(full, hashes[..256].concat());
+    let partial = a
+        .tile("tile/0/001.p/44")
+        .expect("tile")
+        .expect("partial tile exists");
+    assert_eq!(partial, hashes[256..300].concat());
+    let shorter = a.tile("tile/0/001.p/10").expect("tile").expect("prefix");
+    assert_eq!(shorter, hashes[256..266].concat());
+    let level1 = a.tile("tile/1/000.p/1").expect("tile").expect("level 1");
+    assert_eq!(level1, mth(&hashes[..256]).to_vec());
+
+    assert_eq!(a.tile("tile/0/001").expect("tile"), None, "not full yet");
+    assert_eq!(a.tile("tile/0/001.p/45").expect("tile"), None);
+    assert_eq!(a.tile("tile/1/000").expect("tile"), None);
+    assert_eq!(a.tile("tile/2/000.p/1").expect("tile"), None);
+    assert_eq!(a.tile("tile/0/x001/000").expect("tile"), None);
+
+    let parse = |bundle: &[u8]| {
+        let mut out = Vec::new();
+        let mut rest = bundle;
+        while !rest.is_empty() {
+            let len = u16::from_be_bytes([rest[0], rest[1]]) as usize;
+            out.push(rest[2..2 + len].to_vec());
+            rest = &rest[2 + len..];
+        }
+        out
+    };
+    let bundle = a.tile("tile/entries/000").expect("tile").expect("bundle");
+    assert_eq!(parse(&bundle), data[..256].to_vec());
+    let bundle = a
+        .tile("tile/entries/001.p/44")
+        .expect("tile")
+        .expect("bundle");
+    assert_eq!(parse(&bundle), data[256..].to_vec());
+    assert_eq!(a.tile("tile/entries/001").expect("tile"), None);
+
+    for bad in [
+        "tile/0/1",
+        "tile/8/0/000",
+        "tile/0/000.p/0",
+        "../etc/passwd",
+        "",
+    ] {
+        assert!(
+            matches!(a.tile(bad), Err(ArchiveError::BadRequest(_))),
+            "{bad:?} must be a bad request"
+        );
+    }
+}
+
+#[test]
+fn checkpoints_verify_reject_tampering_and_stay_consistent_as_the_log_grows() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let a = archive_with(dir.path(), 5);
+    let vkey = a.verifier_key();
+    assert!(vkey.starts_with(&format!("{ORIGIN}+")));
+
+    let note = a.checkpoint().expect("checkpoint");
+    let cp = verify_checkpoint(&note, &vkey).expect("verifies");
+    assert_eq!(cp.origin, ORIGIN);
+    assert_eq!(cp.size, 5);
+    assert_eq!(cp.root, a.root_hash(5).expect("root"));
+    let body = note.split("\n\n").next().expect("note has a body");
+    assert_eq!(
+        body.lines().collect::<Vec<_>>(),
+        vec![ORIGIN.to_string(), "5".to_string(), base64_std(&cp.root)]
+    );
+    assert_eq!(
+        a.checkpoint().expect("again"),
+        note,
+        "no new leaves, same note"
+    );
+    assert_eq!(a.latest_checkpoint().expect("query"), Some(note.clone()));
+
+    // Every single-character change to the note is rejected.
+    let bytes = note.as_bytes();
+    let mut rejected = 0;
+    for i in 0..bytes.len() {
+        let mut b = bytes.to_vec();
+        b[i] = if b[i] == b'A' { b'B' } else { b'A' };
+        if let Ok(s) = String::from_utf8(b) {
+            if s != note {
+                assert!(
+                    verify_checkpoint(&s, &vkey).is_err(),
+                    "modified note accepted (byte {i}): {s:?}"
+                );
+                rejected += 1;
+            }
+        }
+    }
+    assert!(rejected > 50);
+    let forged = note.replacen("\n5\n", "\n6\n", 1);
+    assert!(matches!(
+        verify_checkpoint(&forged, &vkey),
+        Err(ProofError::BadSignature(_))
+    ));
+    let other_dir = tempfile::tempdir().expect("temp dir");
+    let other = open(other_dir.path());
+    assert_ne!(other.verifier_key(), vkey, "each archive makes its own key");
+    assert!(verify_checkpoint(&note, &other.verifier_key()).is_err());
+    assert!(verify_checkpoint(&note, "not a key").is_err());
+
+    // Grow the log; the new checkpoint is consistent with the old one.
+    for i in 5..40 {
+        a.append_record(record(i)).expect("append");
+    }
+    let note2 = a.checkpoint().expect("checkpoint");
+    let cp2 = verify_checkpoint(&note2, &vkey).expect("verifies");
+    assert_eq!(cp2.size, 40);
+    let proof = a.consistency_proof(cp.size, cp2.size).expect("proof");
+    verify_consistency(cp.size, cp.root, cp2.size, cp2.root, &proof).expect("consistent");
+    assert!(verify_consistency(cp.size, flip(cp.root), cp2.size, cp2.root, &proof).is_err());
+    let inclusion = a.inclusion_proof(3, cp2.size).expect("proof");
+    let leaf = rfc_leaf_hash(&leaves(&a)[3]);
+    verify_inclusion(leaf, 3, cp2.size, &inclusion, cp2.root).expect("included");
+
+    let empty_dir = tempfile::tempdir().expect("temp dir");
+    let empty = open(empty_dir.path());
+    let cp0 = verify_checkpoint(
+        &empty.checkpoint().expect("checkpoint"),
+        &empty.verifier_key(),
+    )
+    .expect("an empty log's checkpoint verifies");
+    assert_eq!((cp0.size, cp0.root), (0, sha256(&[])));
+}
+
+fn base64_std(bytes: &[u8]) -> String {
+    use base64::prelude::*;
+    BASE64_STANDARD.encode(bytes)
+}
+
+#[test]
+fn a_clean_archive_verifies_with_no_problems() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let a = archive_with(dir.path(), 300);
+    a.checkpoint().expect("checkpoint");
+    a.put_blob(None, &b"artifact"[..], 1 << 20).expect("put");
+    let report = a.verify().expect("verify");
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    assert_eq!(report.leaves_checked, 300);
+    assert_eq!(report.blobs_checked, 1);
+}
+
+#[test]
+fn a_rewritten_log_leaf_is_found_by_verify() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let a = archive_with(dir.path(), 20);
+    a.checkpoint().expect("checkpoint");
+
+    // An attacker with database access drops the guard and rewrites leaf 7.
+    let db = raw_db(dir.path());
+    db.execute_batch("DROP TRIGGER log_leaves_no_update")
+        .expect("drop trigger");
+    db.execute(
+        "UPDATE log_leaves SET data = CAST('forged' AS BLOB) WHERE leaf_index = 7",
+        [],
+    )
+    .expect("tamper");
+    drop(db);
+
+    let report = a.verify().expect("verify runs");
+    let problems = report.problems.join("\n");
+    assert!(
+        problems.contains("log_leaves_no_update is missing"),
+        "{problems}"
+    );
+    assert!(
+        problems.contains("record 8 does not match log leaf 7"),
+        "{problems}"
+    );
+    assert!(problems.contains("stored log hash"), "{problems}");
+    assert!(problems.contains("the log was rewritten"), "{problems}");
+    assert_eq!(
+        report.leaves_checked, 20,
+        "the audit carried on past the problem"
+    );
+}
+
+#[test]
+fn a_rewritten_record_is_found_by_verify() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let a = archive_with(dir.path(), 10);
+    let db = raw_db(dir.path());
+    db.execute_batch("DROP TRIGGER records_no_update")
+        .expect("drop trigger");
+    db.execute(
+        "UPDATE records SET body = CAST('a forged statement' AS BLOB) WHERE id = 4",
+        [],
+    )
+    .expect("tamper body");
+    db.execute("UPDATE records SET signer = 'MALLORY' WHERE id = 6", [])
+        .expect("tamper signer");
+    drop(db);
+
+    let problems = a.verify().expect("verify runs").problems.join("\n");
+    assert!(
+        problems.contains("record 4: body does not hash"),
+        "{problems}"
+    );
+    assert!(
+        problems.contains("record 6 does not match log leaf 5"),
+        "{problems}"
+    );
+}
+
+#[test]
+fn stored_hashes_rewritten_to_hide_a_change_still_fail_the_checkpoint_and_raise_an_alarm() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let a = archive_with(dir.path(), 8);
+    a.checkpoint().expect("checkpoint");
+
+    // Replace the stored root of the complete 8-leaf subtree (stored index 14 = level 3, n 0):
+    // the tree at size 8 now hashes differently from what was signed.
+    let db = raw_db(dir.path());
+    db.execute_batch("DROP TRIGGER log_hashes_no_update")
+        .expect("drop trigger");
+    db.execute(
+        "UPDATE log_hashes SET hash = zeroblob(32) WHERE idx = 14",
+        [],
+    )
+    .expect("tamper");
+    drop(db);
+    a.append_record(record(8)).expect("append still works");
+    let err = a.checkpoint().expect_err("must refuse to sign");
+    assert!(matches!(err, ArchiveError::Corrupt(_)), "{err:?}");
+    assert!(a
+        .alarms()
+        .expect("alarms")
+        .iter()
+        .any(|al| al.kind == "log-inconsistent"));
+    let problems = a.verify().expect("verify").problems.join("\n");
+    assert!(problems.contains("stored log hash 14"), "{problems}");
+}
+
+#[test]
+fn dropped_leaves_are_found_by_verify() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let a = archive_with(dir.path(), 10);
+    a.checkpoint().expect("checkpoint");
+    let db = raw_db(dir.path());
+    db.execute_batch("DROP TRIGGER log_leaves_no_delete")
+        .expect("drop trigger");
+    db.execute("DELETE FROM log_leaves WHERE leaf_index = 9", [])
+        .expect("drop last leaf");
+    drop(db);
+    let problems = a.verify().expect("verify").problems.join("\n");
+    assert!(
+        problems.contains("record 10 is not in the transparency log"),
+        "{problems}"
+    );
+    assert!(
+        problems.contains("checkpoint 1 is for size 10 but the log has only 9 leaves"),
+        "{problems}"
+    );
+}

@@ -1,0 +1,450 @@
+//! Blobs and records: write-once behaviour, dedup, collisions and schema-enforced immutability.
+
+mod common;
+
+use std::fs;
+use std::io::{self, Read};
+use std::os::unix::fs::PermissionsExt;
+
+use common::*;
+use lockstep_archive::{ArchiveError, BlobLink};
+use lockstep_proto::digest::Sha256Digest;
+
+const MB: u64 = 1 << 20;
+
+#[test]
+fn identical_bytes_twice_make_one_read_only_file() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let a = open(dir.path());
+    let data = vec![42u8; 300_000];
+    let d = Sha256Digest::of(&data);
+
+    let first = a.put_blob(Some(d), &data[..], MB).expect("first put");
+    assert!(first.created);
+    assert_eq!((first.digest, first.size), (d, data.len() as u64));
+    let second = a.put_blob(None, &data[..], MB).expect("second put");
+    assert!(!second.created, "second put of identical bytes must dedup");
+    assert_eq!(second.digest, d);
+
+    let files = blob_files(a.blob_root());
+    assert_eq!(files.len(), 1, "exactly one stored file: {files:?}");
+    let path = a.blob_path(&d).expect("blob present");
+    assert_eq!(files[0], path);
+    let hex = d.to_hex();
+    assert!(path.ends_with(format!("{}/{}/{hex}", &hex[..2], &hex[2..4])));
+    assert_eq!(
+        fs::metadata(&path).expect("stat").permissions().mode() & 0o777,
+        0o444
+    );
+    assert_eq!(fs::read(&path).expect("read"), data);
+    assert!(a.has_blob(&d));
+    assert_eq!(a.blob_size(&d), Some(data.len() as u64));
+    assert_eq!(tmp_entries(a.blob_root()), 0);
+}
+
+#[test]
+fn a_digest_mismatch_stores_nothing_and_leaves_no_temp_file() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let a = open(dir.path());
+    let announced = Sha256Digest::of(b"what the client promised");
+    let err = a
+        .put_blob(Some(announced), &b"what it sent"[..], MB)
+        .expect_err("mismatch must fail");
+    match err {
+        ArchiveError::DigestMismatch { expected, actual } => {
+            assert_eq!(expected, announced);
+            assert_eq!(actual, Sha256Digest::of(b"what it sent"));
+        }
+        other => panic!("expected DigestMismatch, got {other:?}"),
+    }
+    assert!(!a.has_blob(&Sha256Digest::of(b"what it sent")));
+    assert!(!a.has_blob(&announced));
+    assert!(blob_files(a.blob_root()).is_empty());
+    assert_eq!(tmp_entries(a.blob_root()), 0);
+}
+
+#[test]
+fn uploads_over_the_limit_are_refused_and_the_limit_itself_is_allowed() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let a = open(dir.path());
+    let err = a
+        .put_blob(None, &[1u8; 11][..], 10)
+        .expect_err("11 bytes > 10");
+    assert!(
+        matches!(err, ArchiveError::TooLarge { limit: 10 }),
+        "{err:?}"
+    );
+    assert!(blob_files(a.blob_root()).is_empty());
+    assert_eq!(tmp_entries(a.blob_root()), 0);
+    let ok = a.put_blob(None, &[1u8; 10][..], 10).expect("10 bytes fit");
+    assert!(ok.created);
+}
+
+/// Yields some bytes, then fails like a dropped connection or a full disk would.
+struct FailingReader(usize);
+impl Read for FailingReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.0 == 0 {
+            return Err(io::Error::other("connection reset"));
+        }
+        let n = self.0.min(buf.len());
+        buf[..n].fill(7);
+        self.0 -= n;
+        Ok(n)
+    }
+}
+
+#[test]
+fn a_failing_upload_stream_is_an_io_error_with_nothing_left_behind() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let a = open(dir.path());
+    let err = a
+        .put_blob(None, FailingReader(500_000), MB)
+        .expect_err("stream error must fail the put");
+    assert!(matches!(err, ArchiveError::Io { .. }), "{err:?}");
+    assert!(blob_files(a.blob_root()).is_empty());
+    assert_eq!(tmp_entries(a.blob_root()), 0);
+}
+
+#[test]
+fn a_blob_tampered_behind_the_archives_back_is_a_collision_an_alarm_and_a_verify_problem() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let a = open(dir.path());
+    let data = b"the real artifact".to_vec();
+    let d = a.put_blob(None, &data[..], MB).expect("put").digest;
+    let path = a.blob_path(&d).expect("present");
+
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).expect("chmod");
+    fs::write(&path, b"an evil artifact").expect("rewrite");
+
+    let err = a
+        .put_blob(Some(d), &data[..], MB)
+        .expect_err("must not accept");
+    assert!(
+        matches!(err, ArchiveError::Collision { digest } if digest == d),
+        "{err:?}"
+    );
+    assert_eq!(
+        fs::read(&path).expect("read"),
+        b"an evil artifact",
+        "the existing file is never replaced, even by the true bytes"
+    );
+    let alarms = a.alarms().expect("alarms");
+    assert!(
+        alarms
+            .iter()
+            .any(|al| al.kind == "blob-collision" && al.subject == d.to_hex()),
+        "{alarms:?}"
+    );
+    assert_eq!(tmp_entries(a.blob_root()), 0);
+
+    let report = a.verify().expect("verify runs");
+    assert!(
+        report
+            .problems
+            .iter()
+            .any(|p| p.contains(&d.to_hex()) && p.contains("tampered")),
+        "{:?}",
+        report.problems
+    );
+    assert!(
+        report.problems.iter().any(|p| p.contains("writable")),
+        "{:?}",
+        report.problems
+    );
+}
+
+#[test]
+fn verify_names_a_deleted_blob() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let a = open(dir.path());
+    let keep = a.put_blob(None, &b"keep"[..], MB).expect("put").digest;
+    let gone = a.put_blob(None, &b"gone"[..], MB).expect("put").digest;
+    assert!(a.verify().expect("verify").problems.is_empty());
+    fs::remove_file(a.blob_path(&gone).expect("present")).expect("rm");
+
+    let report = a.verify().expect("verify runs");
+    assert_eq!(report.problems.len(), 1, "{:?}", report.problems);
+    assert!(report.problems[0].contains(&gone.to_hex()));
+    assert!(report.problems[0].contains("missing"));
+    assert!(!report.problems[0].contains(&keep.to_hex()));
+}
+
+#[test]
+fn raw_sql_cannot_update_or_delete_any_archive_table() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let a = archive_with(dir.path(), 3);
+    a.put_blob(None, &b"blob"[..], MB).expect("put");
+    a.checkpoint().expect("checkpoint");
+    a.append_record(lockstep_archive::NewRecord {
+        dedup_key: Some("k".into()),
+        ..record(9)
+    })
+    .expect("append");
+    let _ = a.append_record(lockstep_archive::NewRecord {
+        dedup_key: Some("k".into()),
+        body: b"other".to_vec(),
+        ..record(9)
+    });
+    assert!(!a.alarms().expect("alarms").is_empty());
+
+    let db = raw_db(dir.path());
+    for (table, column) in [
+        ("records", "body"),
+        ("record_blobs", "name"),
+        ("log_leaves", "data"),
+        ("log_hashes", "hash"),
+        ("checkpoints", "note"),
+        ("alarms", "detail"),
+        ("blobs", "size"),
+    ] {
+        let upd = db
+            .execute(&format!("UPDATE {table} SET {column} = {column}"), [])
+            .expect_err("update must be refused");
+        assert!(
+            upd.to_string().contains(&format!("{table} are immutable")),
+            "{table}: {upd}"
+        );
+        let del = db
+            .execute(&format!("DELETE FROM {table}"), [])
+            .expect_err("delete must be refused");
+        assert!(
+            del.to_string().contains(&format!("{table} are immutable")),
+            "{table}: {del}"
+        );
+    }
+    // REPLACE deletes the old row first; with recursive triggers that is refused too.
+    let rep = db
+        .execute(
+            "INSERT OR REPLACE INTO log_leaves (leaf_index, record_id, data) VALUES (0, 1, x'00')",
+            [],
+        )
+        .expect_err("replace must be refused");
+    assert!(rep.to_string().contains("immutable"), "{rep}");
+    drop(db);
+    assert!(a.verify().expect("verify").problems.is_empty());
+}
+
+#[test]
+fn a_dedup_key_returns_the_same_record_for_the_same_bytes_and_conflicts_for_other_bytes() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let a = open(dir.path());
+    let key = "attestation:job-1:FPR1".to_string();
+    let rec = lockstep_archive::NewRecord {
+        dedup_key: Some(key.clone()),
+        ..record(1)
+    };
+    let first = a.append_record(rec.clone()).expect("first");
+    assert!(first.created);
+    let again = a.append_record(rec.clone()).expect("same bytes again");
+    assert!(!again.created);
+    assert_eq!((again.id, again.leaf_index), (first.id, first.leaf_index));
+    assert_eq!(a.log_size().expect("size"), 1);
+
+    let err = a
+        .append_record(lockstep_archive::NewRecord {
+            body: b"a different statement".to_vec(),
+            ..rec
+        })
+        .expect_err("different bytes under the same key");
+    assert!(
+        matches!(&err, ArchiveError::Conflict { dedup_key } if *dedup_key == key),
+        "{err:?}"
+    );
+    assert_eq!(
+        a.log_size().expect("size"),
+        1,
+        "nothing appended on conflict"
+    );
+    let stored = a.record(first.id).expect("query").expect("exists");
+    assert_eq!(stored.body, record(1).body, "the original is untouched");
+    let alarms = a.alarms().expect("alarms");
+    assert!(
+        alarms
+            .iter()
+            .any(|al| al.kind == "record-conflict" && al.subject == key),
+        "{alarms:?}"
+    );
+}
+
+#[test]
+fn a_conflict_in_a_batch_appends_nothing_from_that_batch() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let a = open(dir.path());
+    let keyed = |body: &[u8]| lockstep_archive::NewRecord {
+        dedup_key: Some("k".into()),
+        body: body.to_vec(),
+        ..record(0)
+    };
+    a.append_record(keyed(b"one")).expect("first");
+    let err = a
+        .append_records(&[record(1), record(2), keyed(b"two")])
+        .expect_err("conflict");
+    assert!(matches!(err, ArchiveError::Conflict { .. }));
+    assert_eq!(a.log_size().expect("size"), 1);
+    let more = a
+        .append_records(&[record(1), record(2)])
+        .expect("a clean batch still works");
+    assert_eq!(
+        more.iter().map(|r| r.leaf_index).collect::<Vec<_>>(),
+        vec![1, 2]
+    );
+    assert!(a.verify().expect("verify").problems.is_empty());
+}
+
+#[test]
+fn records_are_found_by_key_kind_and_blob_in_append_order() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let a = archive_with(dir.path(), 20);
+
+    let pkg1 = a
+        .records_for("pkg1", "1.0-1", "amd64", None)
+        .expect("query");
+    assert_eq!(
+        pkg1.iter()
+            .map(|r| r.job_id.clone().expect("set"))
+            .collect::<Vec<_>>(),
+        vec!["job-1", "job-6", "job-11", "job-16"]
+    );
+    let pkg1_fail = a
+        .records_for("pkg1", "1.0-1", "amd64", Some("failure"))
+        .expect("query");
+    assert_eq!(
+        pkg1_fail.iter().map(|r| r.leaf_index).collect::<Vec<_>>(),
+        vec![6]
+    );
+    assert!(a
+        .records_for("pkg1", "9", "amd64", None)
+        .expect("query")
+        .is_empty());
+
+    let failures = a.records_by_kind("failure").expect("query");
+    assert_eq!(failures.len(), 7);
+    assert!(failures.windows(2).all(|w| w[0].id < w[1].id));
+
+    let r7 = a.record(8).expect("query").expect("record 8 exists");
+    assert_eq!(r7.body, record(7).body);
+    assert_eq!(r7.signature, record(7).signature);
+    assert_eq!(r7.body_sha256, Sha256Digest::of(&r7.body));
+    assert_eq!(
+        r7.blobs,
+        vec![BlobLink {
+            role: "deb".into(),
+            name: "pkg2_1.0-1_amd64.deb".into(),
+            sha256: Sha256Digest::of(b"deb 7"),
+            size: 1007,
+        }]
+    );
+    let by_blob = a
+        .records_with_blob(&Sha256Digest::of(b"deb 7"))
+        .expect("query");
+    assert_eq!(by_blob.len(), 1);
+    assert_eq!(by_blob[0].id, 8);
+    assert!(a.record(999).expect("query").is_none());
+}
+
+#[test]
+fn everything_survives_a_reopen() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (vkey, note, d) = {
+        let a = archive_with(dir.path(), 10);
+        let d = a.put_blob(None, &b"persisted"[..], MB).expect("put").digest;
+        (a.verifier_key(), a.checkpoint().expect("checkpoint"), d)
+    };
+    let key_mode = fs::metadata(dir.path().join("log-key"))
+        .expect("key file")
+        .permissions()
+        .mode();
+    assert_eq!(key_mode & 0o777, 0o600);
+
+    let a = open(dir.path());
+    assert_eq!(
+        a.verifier_key(),
+        vkey,
+        "the log key is reused, not regenerated"
+    );
+    assert_eq!(a.latest_checkpoint().expect("query"), Some(note.clone()));
+    assert_eq!(a.checkpoint().expect("same size"), note);
+    assert_eq!(a.log_size().expect("size"), 10);
+    assert!(a.has_blob(&d));
+    let report = a.verify().expect("verify");
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    assert_eq!((report.blobs_checked, report.leaves_checked), (1, 10));
+}
+
+#[test]
+fn an_origin_that_is_not_a_key_name_is_refused() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let err = lockstep_archive::Archive::open(dir.path(), "has space")
+        .expect_err("spaces are not allowed in key names");
+    assert!(matches!(err, ArchiveError::BadRequest(_)), "{err:?}");
+}
+
+#[test]
+fn appends_are_fast_enough_for_one_record_per_attestation() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let a = open(dir.path());
+    let n = 300u64;
+    let t = std::time::Instant::now();
+    for i in 0..n {
+        a.append_record(record(i)).expect("append");
+    }
+    let single = n as f64 / t.elapsed().as_secs_f64();
+    let recs: Vec<_> = (n..n + 3000).map(record).collect();
+    let t = std::time::Instant::now();
+    for chunk in recs.chunks(500) {
+        a.append_records(chunk).expect("batch append");
+    }
+    let batched = 3000.0 / t.elapsed().as_secs_f64();
+    eprintln!("appends/s: {single:.0} one per transaction, {batched:.0} batched");
+    assert_eq!(a.log_size().expect("size"), n + 3000);
+    // Loose floor so slow CI disks do not flake; the point is that appends do not recompute the
+    // tree (which would make them O(n) each and collapse this rate).
+    assert!(batched > 200.0, "batched appends too slow: {batched:.0}/s");
+}
+
+#[test]
+fn the_archive_can_be_shared_across_threads() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<lockstep_archive::Archive>();
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let a = std::sync::Arc::new(open(dir.path()));
+    let handles: Vec<_> = (0..4u64)
+        .map(|t| {
+            let a = a.clone();
+            std::thread::spawn(move || {
+                for i in 0..25 {
+                    a.append_record(record(t * 100 + i)).expect("append");
+                    a.put_blob(None, format!("blob {}", i % 5).as_bytes(), MB)
+                        .expect("put");
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().expect("thread did not panic");
+    }
+    assert_eq!(a.log_size().expect("size"), 100);
+    assert_eq!(blob_files(a.blob_root()).len(), 5);
+    let report = a.verify().expect("verify");
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+}
+
+#[test]
+fn a_record_too_large_for_one_log_entry_is_refused() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let a = open(dir.path());
+    let mut rec = record(1);
+    rec.blobs = (0..2000)
+        .map(|i| BlobLink {
+            role: "deb".into(),
+            name: format!("a-rather-long-file-name-number-{i}.deb"),
+            sha256: Sha256Digest::of(&[i as u8]),
+            size: 1,
+        })
+        .collect();
+    let err = a.append_record(rec).expect_err("leaf would exceed 64 KiB");
+    assert!(matches!(err, ArchiveError::BadRequest(_)), "{err:?}");
+    assert_eq!(a.log_size().expect("size"), 0);
+}

@@ -1,0 +1,465 @@
+//! `lockstep`: the command line for operators (enqueue, status, decisions), developers and
+//! auditors. It talks to the coordinator over HTTP; the coordinator is found from
+//! `--coordinator URL` or `LOCKSTEP_COORDINATOR` (default `http://127.0.0.1:8440`).
+//!
+//! Exit codes: 0 success; 1 error (message on stderr); 2 usage error; 3 with `--wait`, at least
+//! one package ended `hold` or `failed`; 4 a signature or verification check failed.
+
+use std::io::{IsTerminal, Read};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use lockstep_proto::digest::hash_file;
+use lockstep_proto::signing::Keyring;
+use lockstep_proto::v1::{Decision, EnqueueRequest, EnqueueResponse, State, StatusEntry};
+
+mod http;
+use http::Api;
+
+/// How often `--wait` polls the coordinator.
+const WAIT_POLL: Duration = Duration::from_secs(2);
+
+const EXIT_HELD: u8 = 3;
+const EXIT_VERIFY: u8 = 4;
+
+/// Lockstep: rebuild every binary independently, ship only what a quorum of signed builders agree on.
+#[derive(Parser)]
+#[command(version, about, long_about = None, propagate_version = true)]
+struct Cli {
+    /// Coordinator base URL.
+    #[arg(
+        long,
+        global = true,
+        env = "LOCKSTEP_COORDINATOR",
+        default_value = "http://127.0.0.1:8440"
+    )]
+    coordinator: String,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Enqueue rebuilds of source packages from the configured apt sources, or of a local .dsc.
+    ///
+    /// PACKAGE is `name` (the newest version apt knows) or `name=version`. Packages can also be
+    /// read one per line from a file (`--from-file FILE`, `-` for standard input).
+    Enqueue {
+        packages: Vec<String>,
+        /// A local source package: the .dsc and the files it lists, next to it.
+        #[arg(long, value_name = "PATH")]
+        dsc: Option<PathBuf>,
+        /// Read package names from FILE, one per line (`-` for standard input).
+        #[arg(long, value_name = "FILE")]
+        from_file: Option<PathBuf>,
+        /// Build again even if a job for the same version exists.
+        #[arg(long)]
+        rebuild: bool,
+        /// Wait until every package has a decision; show progress while waiting.
+        #[arg(long)]
+        wait: bool,
+        /// Give up waiting after this many seconds.
+        #[arg(long, default_value_t = 3600)]
+        timeout: u64,
+        /// Print the enqueue result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the state of packages: pending, ship, hold or failed.
+    Status {
+        source: Option<String>,
+        /// JSON array, one object per (source, version, arch).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the decisions for one package and verify the coordinator's signature on each.
+    Decision {
+        source: String,
+        version: String,
+        arch: String,
+        /// Verify with this coordinator certificate instead of fetching it from the coordinator.
+        #[arg(long, value_name = "FILE")]
+        keyring: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the transparency log's base URL and checkpoint verifier key.
+    LogInfo {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Ask the coordinator to reload its policy file.
+    ReloadPolicy,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("lockstep: cannot start: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("lockstep: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let api = Api::new(&cli.coordinator)?;
+    match cli.command {
+        Cmd::Enqueue {
+            packages,
+            dsc,
+            from_file,
+            rebuild,
+            wait,
+            timeout,
+            json,
+        } => {
+            let mut packages = packages;
+            if let Some(f) = from_file {
+                packages.extend(read_package_list(&f)?);
+            }
+            let resp = match dsc {
+                Some(path) => {
+                    if !packages.is_empty() {
+                        bail!("give either --dsc or package names, not both");
+                    }
+                    enqueue_dsc(&api, &path, rebuild).await?
+                }
+                None => {
+                    if packages.is_empty() {
+                        bail!("nothing to enqueue: name at least one package (e.g. `lockstep enqueue hello`)");
+                    }
+                    api.post_json_lenient("/api/v1/jobs", &EnqueueRequest { packages, rebuild })
+                        .await?
+                }
+            };
+            if json && !wait {
+                println!("{}", serde_json::to_string_pretty(&resp)?);
+            } else {
+                for j in &resp.jobs {
+                    println!(
+                        "{} {} {} {}  job {}",
+                        if j.created { "enqueued" } else { "exists  " },
+                        j.source,
+                        j.version,
+                        j.arch,
+                        j.job_id
+                    );
+                }
+            }
+            for e in &resp.errors {
+                eprintln!("lockstep: {}: {}", e.package, e.error);
+            }
+            if resp.jobs.is_empty() {
+                return Ok(ExitCode::FAILURE);
+            }
+            if wait {
+                let keys: Vec<(String, String, String)> = resp
+                    .jobs
+                    .iter()
+                    .map(|j| (j.source.clone(), j.version.clone(), j.arch.clone()))
+                    .collect();
+                let rows = wait_for(&api, &keys, Duration::from_secs(timeout)).await?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&rows)?);
+                } else {
+                    print_status(&rows);
+                }
+                if rows.iter().any(|r| r.state != State::Ship) {
+                    return Ok(ExitCode::from(EXIT_HELD));
+                }
+            }
+            if !resp.errors.is_empty() {
+                return Ok(ExitCode::FAILURE);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Status { source, json } => {
+            let path = match &source {
+                Some(s) => format!("/api/v1/status?source={}", s.replace('+', "%2B")),
+                None => "/api/v1/status".into(),
+            };
+            let rows: Vec<StatusEntry> = api.get_json(&path).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else if rows.is_empty() {
+                println!(
+                    "no packages{}",
+                    source.map(|s| format!(" named {s}")).unwrap_or_default()
+                );
+            } else {
+                print_status(&rows);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Decision {
+            source,
+            version,
+            arch,
+            keyring,
+            json,
+        } => {
+            let cert = match keyring {
+                Some(f) => std::fs::read(&f).with_context(|| format!("reading {}", f.display()))?,
+                None => api.get_bytes("/api/v1/keys/coordinator").await?,
+            };
+            let mut ring = Keyring::new();
+            for c in Keyring::parse_certs(&cert).context("reading the coordinator certificate")? {
+                ring.add(c);
+            }
+            let list: Vec<serde_json::Value> = api
+                .get_json(&format!("/api/v1/decisions/{source}/{version}/{arch}"))
+                .await?;
+            if list.is_empty() {
+                bail!("no decision recorded for {source} {version} {arch} (yet)");
+            }
+            let mut all_ok = true;
+            let mut out = Vec::new();
+            for item in &list {
+                let canonical = item["canonical"].as_str().unwrap_or_default();
+                let sig = item["signature"].as_str().unwrap_or_default();
+                let verified = ring.verify_detached(canonical.as_bytes(), sig.as_bytes());
+                let d: Decision = serde_json::from_str(canonical).context("decoding a decision")?;
+                all_ok &= verified.is_ok();
+                out.push((d, verified));
+            }
+            if json {
+                let v: Vec<_> = out
+                    .iter()
+                    .map(|(d, v)| serde_json::json!({"decision": d, "signature_valid": v.is_ok(), "signed_by": v.as_ref().ok().map(|v| v.fingerprint.clone())}))
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                for (d, v) in &out {
+                    println!(
+                        "{} {} {}: {}",
+                        d.source,
+                        d.version,
+                        d.arch,
+                        d.state.as_str().to_uppercase()
+                    );
+                    println!("  decided   {}", d.decided_at.to_rfc3339());
+                    println!("  reason    {}", d.reason);
+                    println!("  threshold {}", d.threshold);
+                    for f in &d.counted {
+                        println!("  counted   {f}");
+                    }
+                    for f in &d.dissenters {
+                        println!("  dissenter {f}");
+                    }
+                    for a in &d.artifacts {
+                        println!("  artifact  {}  {}", a.sha256, a.name);
+                    }
+                    match v {
+                        Ok(v) => println!("  signature good (coordinator {})", v.fingerprint),
+                        Err(e) => println!("  signature BAD: {e}"),
+                    }
+                }
+            }
+            if !all_ok {
+                return Ok(ExitCode::from(EXIT_VERIFY));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::LogInfo { json } => {
+            let info: serde_json::Value = api.get_json("/api/v1/log").await?;
+            let base = format!("{}/log/", api.base());
+            if json {
+                let mut v = info.clone();
+                v["base_url"] = serde_json::Value::String(base);
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                println!("base URL      {base}");
+                println!(
+                    "verifier key  {}",
+                    info["verifier_key"].as_str().unwrap_or("")
+                );
+                println!("origin        {}", info["origin"].as_str().unwrap_or(""));
+                println!("size          {}", info["size"]);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::ReloadPolicy => {
+            let v: serde_json::Value = api
+                .post_json("/api/v1/policy/reload", &serde_json::json!({}))
+                .await?;
+            println!(
+                "policy reloaded: {} trusted builder(s), default threshold {}",
+                v["builders"].as_array().map_or(0, |a| a.len()),
+                v["default_threshold"]
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn read_package_list(path: &Path) -> anyhow::Result<Vec<String>> {
+    let mut text = String::new();
+    if path == Path::new("-") {
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .context("reading standard input")?;
+    } else {
+        text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    }
+    Ok(text
+        .lines()
+        .map(|l| l.split('#').next().unwrap_or("").trim())
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect())
+}
+
+/// Uploads a local source package (the .dsc and its files) and enqueues it.
+async fn enqueue_dsc(api: &Api, path: &Path, rebuild: bool) -> anyhow::Result<EnqueueResponse> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let parsed = lockstep_proto::dsc::parse(&bytes)
+        .map_err(|e| anyhow::anyhow!("{} is not a source package: {e}", path.display()))?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    // Check everything locally before uploading anything.
+    for f in &parsed.files {
+        let fp = dir.join(&f.name);
+        let (d, n) = hash_file(&fp).with_context(|| {
+            format!(
+                "{} lists {}, which is missing next to it",
+                path.display(),
+                f.name
+            )
+        })?;
+        if d != f.sha256 || n != f.size {
+            bail!(
+                "{}: SHA-256 {d} ({n} bytes) does not match the .dsc's {} ({} bytes); the source package is corrupt",
+                f.name,
+                f.sha256,
+                f.size
+            );
+        }
+    }
+    for f in &parsed.files {
+        api.put_file(&f.sha256.to_hex(), &dir.join(&f.name)).await?;
+    }
+    let dsc_digest = lockstep_proto::Sha256Digest::of(&bytes);
+    api.put_bytes(&dsc_digest.to_hex(), bytes).await?;
+    api.post_json(
+        "/api/v1/jobs/dsc",
+        &serde_json::json!({ "dsc_sha256": dsc_digest, "rebuild": rebuild }),
+    )
+    .await
+}
+
+/// Polls until every key has a terminal state; prints progress lines as states change.
+async fn wait_for(
+    api: &Api,
+    keys: &[(String, String, String)],
+    timeout: Duration,
+) -> anyhow::Result<Vec<StatusEntry>> {
+    let started = Instant::now();
+    let tty = std::io::stderr().is_terminal();
+    let mut last: Vec<String> = Vec::new();
+    loop {
+        let mut rows = Vec::new();
+        for (s, _, _) in keys {
+            let all: Vec<StatusEntry> = api
+                .get_json(&format!("/api/v1/status?source={}", s.replace('+', "%2B")))
+                .await?;
+            rows.extend(all.into_iter().filter(|r| {
+                keys.iter()
+                    .any(|(ks, kv, ka)| ks == &r.source && kv == &r.version && ka == &r.arch)
+            }));
+        }
+        rows.sort_by(|a, b| {
+            (&a.source, &a.version, &a.arch).cmp(&(&b.source, &b.version, &b.arch))
+        });
+        rows.dedup_by(|a, b| a.source == b.source && a.version == b.version && a.arch == b.arch);
+        let lines: Vec<String> = rows
+            .iter()
+            .map(|r| {
+                format!(
+                    "{} {} {}: {} ({} of {} builders){}",
+                    r.source,
+                    r.version,
+                    r.arch,
+                    r.state,
+                    r.builders.len(),
+                    r.threshold,
+                    if r.failures.is_empty() {
+                        String::new()
+                    } else {
+                        format!(", {} failure(s)", r.failures.len())
+                    }
+                )
+            })
+            .collect();
+        if lines != last {
+            let t = started.elapsed().as_secs();
+            for l in &lines {
+                if tty {
+                    eprintln!("[{:>3}s] {l}", t);
+                } else {
+                    eprintln!("{t}s {l}");
+                }
+            }
+            last = lines;
+        }
+        if rows.len() >= keys.len() && rows.iter().all(|r| r.state != State::Pending) {
+            return Ok(rows);
+        }
+        if started.elapsed() > timeout {
+            bail!(
+                "gave up waiting after {}s; the jobs continue (see `lockstep status`)",
+                timeout.as_secs()
+            );
+        }
+        tokio::time::sleep(WAIT_POLL).await;
+    }
+}
+
+fn print_status(rows: &[StatusEntry]) {
+    for r in rows {
+        println!(
+            "{:<20} {:<16} {:<6} {:<8} {} of {} — {}",
+            r.source,
+            r.version,
+            r.arch,
+            r.state,
+            r.builders.len(),
+            r.threshold,
+            r.reason
+        );
+        for b in &r.builders {
+            println!("    builder  {b}");
+        }
+        for a in &r.artifacts {
+            println!("    artifact {}  {}", a.sha256, a.name);
+        }
+        for f in &r.failures {
+            println!("    failure  {} {}: {}", f.builder, f.kind, f.reason);
+            for line in f
+                .log_tail
+                .lines()
+                .rev()
+                .take(5)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+            {
+                println!("             | {line}");
+            }
+        }
+    }
+}

@@ -1,0 +1,338 @@
+//! HTTP API (axum). Versioned JSON under `/api/v1`, the transparency log under `/log`.
+//!
+//! Errors are converted once, here: every refusal is a JSON `{"error": "..."}` with a status
+//! code the caller can branch on (400 malformed, 403 signature/trust, 404 unknown, 409 conflict
+//! with stored evidence, 413 too large, 422 does not match, 500 internal).
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use futures_util::TryStreamExt;
+use lockstep_proto::digest::Sha256Digest;
+use lockstep_proto::v1::{AttestationUpload, EnqueueRequest, FailureUpload};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::service::{Service, ServiceError};
+
+/// Largest JSON request body (statements with many artifacts stay far below).
+const MAX_JSON_BODY: usize = 16 * 1024 * 1024;
+
+pub struct ApiError(ServiceError);
+
+impl<E: Into<ServiceError>> From<E> for ApiError {
+    fn from(e: E) -> Self {
+        ApiError(e.into())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = match &self.0 {
+            ServiceError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ServiceError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ServiceError::NotFound(_) => StatusCode::NOT_FOUND,
+            ServiceError::Conflict(_) => StatusCode::CONFLICT,
+            ServiceError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ServiceError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ServiceError::Internal(e) => {
+                tracing::error!(error = %format!("{e:#}"), "internal error");
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+        };
+        (status, Json(json!({ "error": self.0.to_string() }))).into_response()
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// Runs blocking service work off the async threads.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ServiceError> + Send + 'static,
+) -> ApiResult<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ServiceError::Internal(anyhow::anyhow!("task failed: {e}")))?
+        .map_err(ApiError)
+}
+
+pub fn router(svc: Arc<Service>) -> Router {
+    Router::new()
+        .route("/api/v1/health", get(health))
+        .route("/api/v1/jobs", post(enqueue))
+        .route("/api/v1/jobs/dsc", post(enqueue_dsc))
+        .route("/api/v1/jobs/{id}", get(job))
+        .route("/api/v1/blobs/{sha256}", put(put_blob).get(get_blob))
+        .route("/api/v1/attestations", post(attest))
+        .route(
+            "/api/v1/attestations/{job_id}/{fingerprint}",
+            get(has_attestation),
+        )
+        .route("/api/v1/failures", post(failure))
+        .route("/api/v1/status", get(status))
+        .route(
+            "/api/v1/decisions/{source}/{version}/{arch}",
+            get(decisions),
+        )
+        .route("/api/v1/keys/coordinator", get(coordinator_key))
+        .route("/api/v1/policy/reload", post(reload_policy))
+        .route("/api/v1/log", get(log_info))
+        .route("/api/v1/proof/inclusion", get(inclusion_proof))
+        .route("/api/v1/proof/consistency", get(consistency_proof))
+        .route("/log/checkpoint", get(checkpoint))
+        .route("/log/{*path}", get(tile))
+        .layer(DefaultBodyLimit::max(MAX_JSON_BODY))
+        .with_state(svc)
+}
+
+async fn health(State(svc): State<Arc<Service>>) -> Json<serde_json::Value> {
+    Json(json!({
+        "ok": true,
+        "version": env!("CARGO_PKG_VERSION"),
+        "fingerprint": svc.key.fingerprint(),
+        "builders": svc.builder_fingerprints(),
+    }))
+}
+
+async fn enqueue(
+    State(svc): State<Arc<Service>>,
+    Json(req): Json<EnqueueRequest>,
+) -> ApiResult<Response> {
+    if req.packages.is_empty() {
+        return Err(ServiceError::BadRequest("no packages given".into()).into());
+    }
+    let resp = svc.enqueue(&req.packages, req.rebuild).await;
+    let status = if resp.jobs.is_empty() {
+        StatusCode::UNPROCESSABLE_ENTITY
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(resp)).into_response())
+}
+
+#[derive(Deserialize)]
+struct DscRequest {
+    dsc_sha256: Sha256Digest,
+    #[serde(default)]
+    rebuild: bool,
+}
+
+async fn enqueue_dsc(
+    State(svc): State<Arc<Service>>,
+    Json(req): Json<DscRequest>,
+) -> ApiResult<Response> {
+    let resp = blocking(move || svc.enqueue_dsc(req.dsc_sha256, req.rebuild)).await?;
+    Ok(Json(resp).into_response())
+}
+
+async fn job(State(svc): State<Arc<Service>>, Path(id): Path<String>) -> ApiResult<Response> {
+    let row = blocking(move || {
+        svc.jobs
+            .get(&id)
+            .map_err(ServiceError::from)?
+            .ok_or_else(|| ServiceError::NotFound(format!("unknown job {id}")))
+    })
+    .await?;
+    Ok(Json(json!({
+        "job": row.job,
+        "confirmed_at": row.confirmed_at,
+        "dispatch_error": row.dispatch_error,
+    }))
+    .into_response())
+}
+
+fn parse_digest(s: &str) -> ApiResult<Sha256Digest> {
+    s.parse()
+        .map_err(|e| ApiError(ServiceError::BadRequest(format!("{e}"))))
+}
+
+async fn put_blob(
+    State(svc): State<Arc<Service>>,
+    Path(sha): Path<String>,
+    body: Body,
+) -> ApiResult<Response> {
+    let expected = parse_digest(&sha)?;
+    let stream = body
+        .into_data_stream()
+        .map_err(|e| std::io::Error::other(e.to_string()));
+    let reader = tokio_util::io::StreamReader::new(stream);
+    let bridge = tokio_util::io::SyncIoBridge::new(reader);
+    let max = svc.cfg.max_blob_bytes;
+    let put = blocking(move || Ok(svc.archive.put_blob(Some(expected), bridge, max)?)).await?;
+    let status = if put.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((
+        status,
+        Json(json!({ "sha256": put.digest, "size": put.size, "created": put.created })),
+    )
+        .into_response())
+}
+
+async fn get_blob(State(svc): State<Arc<Service>>, Path(sha): Path<String>) -> ApiResult<Response> {
+    let d = parse_digest(&sha)?;
+    let path = svc
+        .archive
+        .blob_path(&d)
+        .ok_or_else(|| ServiceError::NotFound(format!("no blob {d}")))?;
+    let file = tokio::fs::File::open(&path)
+        .await
+        .map_err(|e| ServiceError::Internal(anyhow::anyhow!("opening blob {d}: {e}")))?;
+    let len = file
+        .metadata()
+        .await
+        .map_err(|e| ServiceError::Internal(anyhow::anyhow!("stat blob {d}: {e}")))?
+        .len();
+    let body = Body::from_stream(tokio_util::io::ReaderStream::new(file));
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+            (header::CONTENT_LENGTH, len.to_string()),
+        ],
+        body,
+    )
+        .into_response())
+}
+
+async fn attest(
+    State(svc): State<Arc<Service>>,
+    Json(up): Json<AttestationUpload>,
+) -> ApiResult<Response> {
+    let acc = blocking(move || svc.attest(&up)).await?;
+    let status = if acc.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(acc)).into_response())
+}
+
+async fn has_attestation(
+    State(svc): State<Arc<Service>>,
+    Path((job_id, fpr)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    let (j, f) = (job_id.clone(), fpr.clone());
+    if blocking(move || svc.has_attestation(&j, &f)).await? {
+        Ok(Json(json!({ "job_id": job_id, "fingerprint": fpr })).into_response())
+    } else {
+        Err(ServiceError::NotFound(format!("no attestation by {fpr} for job {job_id}")).into())
+    }
+}
+
+async fn failure(
+    State(svc): State<Arc<Service>>,
+    Json(up): Json<FailureUpload>,
+) -> ApiResult<Response> {
+    let state = blocking(move || svc.report_failure(&up)).await?;
+    Ok(Json(json!({ "state": state })).into_response())
+}
+
+#[derive(Deserialize)]
+struct StatusQuery {
+    source: Option<String>,
+}
+
+async fn status(
+    State(svc): State<Arc<Service>>,
+    Query(q): Query<StatusQuery>,
+) -> ApiResult<Response> {
+    let rows = blocking(move || svc.status(q.source.as_deref())).await?;
+    Ok(Json(rows).into_response())
+}
+
+async fn decisions(
+    State(svc): State<Arc<Service>>,
+    Path((source, version, arch)): Path<(String, String, String)>,
+) -> ApiResult<Response> {
+    let list = blocking(move || svc.decisions(&source, &version, &arch)).await?;
+    let out: Vec<_> = list
+        .into_iter()
+        .map(|(d, sig)| json!({ "canonical": String::from_utf8_lossy(&d.canonical_bytes()), "signature": sig, "decision": d }))
+        .collect();
+    Ok(Json(out).into_response())
+}
+
+async fn coordinator_key(State(svc): State<Arc<Service>>) -> ApiResult<Response> {
+    let armored = svc
+        .key
+        .public_armored()
+        .map_err(|e| ServiceError::Internal(anyhow::anyhow!(e)))?;
+    Ok(([(header::CONTENT_TYPE, "application/pgp-keys")], armored).into_response())
+}
+
+async fn reload_policy(State(svc): State<Arc<Service>>) -> ApiResult<Response> {
+    let p = blocking(move || svc.reload_policy()).await?;
+    Ok(Json(json!({
+        "builders": p.builders.iter().map(|b| json!({"name": b.name, "fingerprint": b.fingerprint})).collect::<Vec<_>>(),
+        "default_threshold": p.default_threshold,
+    }))
+    .into_response())
+}
+
+async fn log_info(State(svc): State<Arc<Service>>) -> ApiResult<Response> {
+    let s = svc.clone();
+    let (size, checkpoint) =
+        blocking(move || Ok((s.archive.log_size()?, s.archive.latest_checkpoint()?))).await?;
+    Ok(Json(json!({
+        "origin": svc.cfg.log_origin,
+        "verifier_key": svc.archive.verifier_key(),
+        "size": size,
+        "checkpoint": checkpoint,
+        "base_path": "/log/",
+    }))
+    .into_response())
+}
+
+async fn checkpoint(State(svc): State<Arc<Service>>) -> ApiResult<Response> {
+    let cp = blocking(move || Ok(svc.archive.latest_checkpoint()?)).await?;
+    match cp {
+        Some(text) => {
+            Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response())
+        }
+        None => Err(ServiceError::NotFound("the log has no checkpoint yet".into()).into()),
+    }
+}
+
+async fn tile(State(svc): State<Arc<Service>>, Path(path): Path<String>) -> ApiResult<Response> {
+    let p = path.clone();
+    let bytes = blocking(move || Ok(svc.archive.tile(&p)?)).await?;
+    match bytes {
+        Some(b) => Ok(([(header::CONTENT_TYPE, "application/octet-stream")], b).into_response()),
+        None => Err(ServiceError::NotFound(format!("no tile {path}")).into()),
+    }
+}
+
+#[derive(Deserialize)]
+struct InclusionQuery {
+    index: u64,
+    size: u64,
+}
+
+async fn inclusion_proof(
+    State(svc): State<Arc<Service>>,
+    Query(q): Query<InclusionQuery>,
+) -> ApiResult<Response> {
+    let proof = blocking(move || Ok(svc.archive.inclusion_proof(q.index, q.size)?)).await?;
+    Ok(Json(json!({ "index": q.index, "size": q.size, "proof": proof.iter().map(hex::encode).collect::<Vec<_>>() })).into_response())
+}
+
+#[derive(Deserialize)]
+struct ConsistencyQuery {
+    old: u64,
+    new: u64,
+}
+
+async fn consistency_proof(
+    State(svc): State<Arc<Service>>,
+    Query(q): Query<ConsistencyQuery>,
+) -> ApiResult<Response> {
+    let proof = blocking(move || Ok(svc.archive.consistency_proof(q.old, q.new)?)).await?;
+    Ok(Json(json!({ "old": q.old, "new": q.new, "proof": proof.iter().map(hex::encode).collect::<Vec<_>>() })).into_response())
+}

@@ -1,0 +1,503 @@
+//! OpenPGP signing and verification (sequoia-openpgp, pure-Rust backend).
+//!
+//! - [`SigningKey`]: an Ed25519 certificate with a signing subkey, generated on first use and
+//!   stored 0600 as an armored TSK. It makes detached signatures (statements, decisions) and
+//!   cleartext signatures (`.buildinfo`), both accepted by GnuPG's `gpgv`.
+//! - [`Keyring`]: public certificates allowed to sign. Verification uses sequoia's
+//!   [`StandardPolicy`] (SHA-1 and other broken algorithms are refused) and reports the signing
+//!   certificate's *primary* fingerprint, so a primary key and its subkeys are one identity.
+//!
+//! Whether a verified signer may vote is policy, decided in [`crate::policy`] and
+//! [`crate::quorum`], not here.
+
+use std::io::{Read, Write};
+use std::path::Path;
+
+use chrono::{DateTime, Utc};
+use sequoia_openpgp as openpgp;
+
+use openpgp::armor;
+use openpgp::cert::prelude::*;
+use openpgp::parse::stream::{
+    DetachedVerifierBuilder, MessageLayer, MessageStructure, VerificationHelper, VerifierBuilder,
+};
+use openpgp::parse::Parse;
+use openpgp::policy::StandardPolicy;
+use openpgp::serialize::stream::{Armorer, Message, Signer};
+use openpgp::serialize::{Serialize, SerializeInto};
+use openpgp::{Cert, KeyHandle};
+
+/// Largest signed payload we verify in memory (statements, decisions, .buildinfo, .changes).
+pub const MAX_SIGNED_BYTES: usize = 16 * 1024 * 1024;
+
+/// Errors from signing and verification. Callers branch on these: an unknown key or a bad
+/// signature is refused and logged, never counted.
+#[derive(Debug, thiserror::Error)]
+pub enum SigningError {
+    #[error("no certificate in the keyring matches the signature's issuer ({0})")]
+    UnknownKey(String),
+    #[error("signature does not verify: {0}")]
+    BadSignature(String),
+    #[error("malformed OpenPGP data: {0}")]
+    Malformed(String),
+    #[error("the key has no usable signing key under the standard policy: {0}")]
+    NoSigningKey(String),
+    #[error("key file {path}: {source}")]
+    KeyFile {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("signed data larger than {MAX_SIGNED_BYTES} bytes")]
+    TooLarge,
+}
+
+fn malformed(e: impl std::fmt::Display) -> SigningError {
+    SigningError::Malformed(format!("{e:#}"))
+}
+
+/// A secret OpenPGP certificate that signs as one builder or coordinator identity.
+#[derive(Clone)]
+pub struct SigningKey {
+    cert: Cert,
+}
+
+impl std::fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SigningKey({})", self.fingerprint())
+    }
+}
+
+impl SigningKey {
+    /// Generates an Ed25519 certificate with a signing subkey (v4, accepted by bookworm's gpgv).
+    pub fn generate(user_id: &str) -> Result<Self, SigningError> {
+        let (cert, _revocation) = CertBuilder::new()
+            .set_cipher_suite(CipherSuite::Cv25519)
+            .set_profile(openpgp::Profile::RFC4880)
+            .map_err(malformed)?
+            .add_userid(user_id)
+            .add_signing_subkey()
+            .generate()
+            .map_err(malformed)?;
+        Ok(Self { cert })
+    }
+
+    /// Reads an armored or binary TSK.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, SigningError> {
+        let cert = Cert::from_bytes(bytes).map_err(malformed)?;
+        if !cert.is_tsk() {
+            return Err(SigningError::NoSigningKey(
+                "the file holds a public certificate, not a secret key".into(),
+            ));
+        }
+        let key = Self { cert };
+        key.keypair()?;
+        Ok(key)
+    }
+
+    /// Loads the key at `path`, or generates one and writes it with mode 0600 (created exclusively,
+    /// so two processes starting at once cannot overwrite each other's key).
+    pub fn load_or_generate(path: &Path, user_id: &str) -> Result<(Self, bool), SigningError> {
+        let key_err = |source| SigningError::KeyFile {
+            path: path.display().to_string(),
+            source,
+        };
+        match std::fs::read(path) {
+            Ok(bytes) => return Ok((Self::from_bytes(&bytes)?, false)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(key_err(e)),
+        }
+        let key = Self::generate(user_id)?;
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(key_err)?;
+        }
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create_new(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            opts.mode(0o600);
+        }
+        let mut f = opts.open(path).map_err(key_err)?;
+        f.write_all(&key.secret_armored()?).map_err(key_err)?;
+        f.sync_all().map_err(key_err)?;
+        Ok((key, true))
+    }
+
+    /// Primary fingerprint, upper-case hex: the identity.
+    pub fn fingerprint(&self) -> String {
+        self.cert.fingerprint().to_hex()
+    }
+
+    /// The public certificate.
+    pub fn cert(&self) -> Cert {
+        self.cert.clone().strip_secret_key_material()
+    }
+
+    /// Armored public certificate.
+    pub fn public_armored(&self) -> Result<Vec<u8>, SigningError> {
+        self.cert().armored().to_vec().map_err(malformed)
+    }
+
+    /// Binary public certificate (a keyring file `gpgv --keyring` accepts).
+    pub fn public_binary(&self) -> Result<Vec<u8>, SigningError> {
+        self.cert().to_vec().map_err(malformed)
+    }
+
+    fn secret_armored(&self) -> Result<Vec<u8>, SigningError> {
+        self.cert.as_tsk().armored().to_vec().map_err(malformed)
+    }
+
+    fn keypair(&self) -> Result<openpgp::crypto::KeyPair, SigningError> {
+        let policy = StandardPolicy::new();
+        let ka = self
+            .cert
+            .keys()
+            .unencrypted_secret()
+            .with_policy(&policy, None)
+            .supported()
+            .alive()
+            .revoked(false)
+            .for_signing()
+            .next()
+            .ok_or_else(|| SigningError::NoSigningKey(self.fingerprint()))?;
+        ka.key().clone().into_keypair().map_err(malformed)
+    }
+
+    /// ASCII-armored detached signature over `data`.
+    pub fn sign_detached(&self, data: &[u8]) -> Result<String, SigningError> {
+        let mut sink = Vec::new();
+        {
+            let message = Message::new(&mut sink);
+            let message = Armorer::new(message)
+                .kind(armor::Kind::Signature)
+                .build()
+                .map_err(malformed)?;
+            let mut signer = Signer::new(message, self.keypair()?)
+                .map_err(malformed)?
+                .detached()
+                .build()
+                .map_err(malformed)?;
+            signer.write_all(data).map_err(malformed)?;
+            signer.finalize().map_err(malformed)?;
+        }
+        String::from_utf8(sink).map_err(malformed)
+    }
+
+    /// Cleartext-signed document (`-----BEGIN PGP SIGNED MESSAGE-----`), as debsign makes.
+    pub fn clearsign(&self, data: &[u8]) -> Result<Vec<u8>, SigningError> {
+        let mut sink = Vec::new();
+        {
+            let message = Message::new(&mut sink);
+            let mut signer = Signer::new(message, self.keypair()?)
+                .map_err(malformed)?
+                .cleartext()
+                .build()
+                .map_err(malformed)?;
+            signer.write_all(data).map_err(malformed)?;
+            signer.finalize().map_err(malformed)?;
+        }
+        Ok(sink)
+    }
+}
+
+/// A good signature: who made it and when (by the signature's own clock, which a stolen key can
+/// backdate: trust decisions after revocation use the log's time instead).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Verified {
+    /// Primary fingerprint of the signer's certificate: the identity.
+    pub fingerprint: String,
+    /// Fingerprint of the (sub)key that made the signature.
+    pub key_fingerprint: String,
+    pub signed_at: Option<DateTime<Utc>>,
+}
+
+/// Public certificates whose signatures can be checked.
+#[derive(Clone, Default)]
+pub struct Keyring {
+    certs: Vec<Cert>,
+}
+
+impl std::fmt::Debug for Keyring {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.certs.iter().map(|c| c.fingerprint().to_hex()))
+            .finish()
+    }
+}
+
+impl Keyring {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Parses one or more certificates (armored or binary). Secret material is dropped.
+    pub fn parse_certs(bytes: &[u8]) -> Result<Vec<Cert>, SigningError> {
+        use openpgp::cert::CertParser;
+        let mut out = Vec::new();
+        for cert in CertParser::from_bytes(bytes).map_err(malformed)? {
+            out.push(cert.map_err(malformed)?.strip_secret_key_material());
+        }
+        if out.is_empty() {
+            return Err(SigningError::Malformed(
+                "no OpenPGP certificate found".into(),
+            ));
+        }
+        Ok(out)
+    }
+
+    /// Adds a certificate, merging it with one of the same fingerprint.
+    pub fn add(&mut self, cert: Cert) {
+        let cert = cert.strip_secret_key_material();
+        if let Some(existing) = self
+            .certs
+            .iter_mut()
+            .find(|c| c.fingerprint() == cert.fingerprint())
+        {
+            if let Ok(merged) = existing.clone().merge_public(cert) {
+                *existing = merged;
+            }
+        } else {
+            self.certs.push(cert);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.certs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.certs.is_empty()
+    }
+
+    pub fn fingerprints(&self) -> Vec<String> {
+        self.certs
+            .iter()
+            .map(|c| c.fingerprint().to_hex())
+            .collect()
+    }
+
+    pub fn get(&self, fingerprint: &str) -> Option<&Cert> {
+        self.certs
+            .iter()
+            .find(|c| c.fingerprint().to_hex().eq_ignore_ascii_case(fingerprint))
+    }
+
+    /// Verifies a detached signature over `data`.
+    pub fn verify_detached(&self, data: &[u8], signature: &[u8]) -> Result<Verified, SigningError> {
+        let policy = StandardPolicy::new();
+        let helper = Helper::new(&self.certs);
+        let mut v = DetachedVerifierBuilder::from_bytes(signature)
+            .map_err(malformed)?
+            .with_policy(&policy, None, helper)
+            .map_err(|e| classify(&self.certs, e))?;
+        v.verify_bytes(data).map_err(|e| classify(&self.certs, e))?;
+        v.into_helper().into_result()
+    }
+
+    /// Verifies a cleartext-signed document and returns the signer and the signed text.
+    pub fn verify_clearsigned(&self, doc: &[u8]) -> Result<(Verified, Vec<u8>), SigningError> {
+        if doc.len() > MAX_SIGNED_BYTES {
+            return Err(SigningError::TooLarge);
+        }
+        let policy = StandardPolicy::new();
+        let helper = Helper::new(&self.certs);
+        let mut v = VerifierBuilder::from_bytes(doc)
+            .map_err(malformed)?
+            .with_policy(&policy, None, helper)
+            .map_err(|e| classify(&self.certs, e))?;
+        let mut content = Vec::new();
+        v.read_to_end(&mut content)
+            .map_err(|e| classify(&self.certs, e.into()))?;
+        if !v.message_processed() {
+            return Err(SigningError::Malformed(
+                "signed message was not fully processed".into(),
+            ));
+        }
+        let verified = v.into_helper().into_result()?;
+        Ok((verified, content))
+    }
+}
+
+/// Turns sequoia's error into ours, telling an unknown issuer from a bad signature.
+fn classify(_certs: &[Cert], e: anyhow::Error) -> SigningError {
+    let text = format!("{e:#}");
+    if let Some(SigningError::UnknownKey(k)) = e.downcast_ref::<SigningError>() {
+        return SigningError::UnknownKey(k.clone());
+    }
+    if let Some(se) = e.downcast_ref::<SigningError>() {
+        return SigningError::BadSignature(se.to_string());
+    }
+    if let Some(openpgp::Error::MalformedPacket(_)) | Some(openpgp::Error::MalformedMessage(_)) =
+        e.downcast_ref::<openpgp::Error>()
+    {
+        return SigningError::Malformed(text);
+    }
+    SigningError::BadSignature(text)
+}
+
+/// Collects good signatures from the keyring's certificates.
+struct Helper<'a> {
+    certs: &'a [Cert],
+    good: Vec<Verified>,
+    issuers: Vec<String>,
+    errors: Vec<String>,
+}
+
+impl<'a> Helper<'a> {
+    fn new(certs: &'a [Cert]) -> Self {
+        Self {
+            certs,
+            good: Vec::new(),
+            issuers: Vec::new(),
+            errors: Vec::new(),
+        }
+    }
+
+    fn into_result(self) -> Result<Verified, SigningError> {
+        let mut good = self.good;
+        good.dedup_by(|a, b| a.fingerprint == b.fingerprint);
+        match good.len() {
+            1 => Ok(good.remove(0)),
+            0 if !self.errors.is_empty() => Err(SigningError::BadSignature(self.errors.join("; "))),
+            0 => Err(SigningError::UnknownKey(self.issuers.join(", "))),
+            _ => Err(SigningError::BadSignature(
+                "more than one identity signed; exactly one is expected".into(),
+            )),
+        }
+    }
+}
+
+impl VerificationHelper for Helper<'_> {
+    fn get_certs(&mut self, ids: &[KeyHandle]) -> openpgp::Result<Vec<Cert>> {
+        self.issuers = ids.iter().map(|h| h.to_hex()).collect();
+        Ok(self
+            .certs
+            .iter()
+            .filter(|c| {
+                c.keys()
+                    .any(|k| ids.iter().any(|id| id.aliases(k.key().key_handle())))
+            })
+            .cloned()
+            .collect())
+    }
+
+    fn check(&mut self, structure: MessageStructure) -> openpgp::Result<()> {
+        for layer in structure.into_iter() {
+            match layer {
+                MessageLayer::SignatureGroup { results } => {
+                    for r in results {
+                        match r {
+                            Ok(good) => self.good.push(Verified {
+                                fingerprint: good.ka.cert().fingerprint().to_hex(),
+                                key_fingerprint: good.ka.key().fingerprint().to_hex(),
+                                signed_at: good.sig.signature_creation_time().map(DateTime::from),
+                            }),
+                            Err(openpgp::parse::stream::VerificationError::MissingKey {
+                                ..
+                            }) => {}
+                            Err(e) => self.errors.push(e.to_string()),
+                        }
+                    }
+                }
+                MessageLayer::Compression { .. } => {}
+                MessageLayer::Encryption { .. } => {
+                    return Err(SigningError::Malformed("encrypted message".into()).into())
+                }
+            }
+        }
+        if self.good.is_empty() {
+            if self.errors.is_empty() {
+                return Err(SigningError::UnknownKey(self.issuers.join(", ")).into());
+            }
+            return Err(SigningError::BadSignature(self.errors.join("; ")).into());
+        }
+        Ok(())
+    }
+}
+
+/// Writes a certificate in binary form to `path` (for `gpgv --keyring`).
+pub fn write_binary_keyring(certs: &[Cert], path: &Path) -> Result<(), SigningError> {
+    let mut out = Vec::new();
+    for c in certs {
+        c.serialize(&mut out).map_err(malformed)?;
+    }
+    std::fs::write(path, out).map_err(|source| SigningError::KeyFile {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keyring_of(keys: &[&SigningKey]) -> Keyring {
+        let mut k = Keyring::new();
+        for key in keys {
+            k.add(key.cert());
+        }
+        k
+    }
+
+    #[test]
+    fn detached_signature_round_trip_and_tamper() {
+        let key = SigningKey::generate("test <t@example.invalid>").expect("keygen");
+        let ring = keyring_of(&[&key]);
+        let sig = key.sign_detached(b"statement").expect("sign");
+        let v = ring
+            .verify_detached(b"statement", sig.as_bytes())
+            .expect("verifies");
+        assert_eq!(v.fingerprint, key.fingerprint());
+        assert_ne!(
+            v.key_fingerprint, v.fingerprint,
+            "signed by the subkey, counted as the primary"
+        );
+        assert!(ring.verify_detached(b"statemenT", sig.as_bytes()).is_err());
+    }
+
+    #[test]
+    fn unknown_key_is_refused() {
+        let key = SigningKey::generate("a").expect("keygen");
+        let other = SigningKey::generate("b").expect("keygen");
+        let ring = keyring_of(&[&other]);
+        let sig = key.sign_detached(b"x").expect("sign");
+        match ring.verify_detached(b"x", sig.as_bytes()) {
+            Err(SigningError::UnknownKey(_)) => {}
+            other => panic!("expected UnknownKey, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn clearsigned_round_trip() {
+        let key = SigningKey::generate("a").expect("keygen");
+        let ring = keyring_of(&[&key]);
+        let doc = b"Format: 1.0\nSource: hello\n";
+        let signed = key.clearsign(doc).expect("sign");
+        assert!(signed.starts_with(b"-----BEGIN PGP SIGNED MESSAGE-----"));
+        let (v, content) = ring.verify_clearsigned(&signed).expect("verifies");
+        assert_eq!(v.fingerprint, key.fingerprint());
+        assert_eq!(content, doc);
+        let tampered = String::from_utf8(signed)
+            .expect("ascii")
+            .replace("hello", "hellO");
+        assert!(ring.verify_clearsigned(tampered.as_bytes()).is_err());
+    }
+
+    #[test]
+    fn key_file_is_private_and_reloads() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("key.asc");
+        let (k1, created) = SigningKey::load_or_generate(&path, "a").expect("generate");
+        assert!(created);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).expect("stat").permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        let (k2, created) = SigningKey::load_or_generate(&path, "a").expect("load");
+        assert!(!created);
+        assert_eq!(k1.fingerprint(), k2.fingerprint());
+    }
+}
