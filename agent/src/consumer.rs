@@ -66,6 +66,12 @@ async fn session(
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
     let ch = conn.create_channel().await.context("opening a channel")?;
+    // Heartbeats and phase events go out on their own channel while this session lasts.
+    let _events = worker.events.start(
+        conn.create_channel()
+            .await
+            .context("opening the events channel")?,
+    );
     // The coordinator declares builder queues for trusted builders; a missing queue means this
     // agent's key is not in the coordinator's policy yet.
     if let Err(e) = ch

@@ -10,12 +10,14 @@
 //! - [`client`]: the coordinator's HTTP API.
 //! - [`worker`]: one job from fetch to signed upload, and its ack/requeue disposition.
 //! - [`consumer`]: the AMQP loop: prefetch, manual acks, reconnection, graceful shutdown.
+//! - [`events`]: heartbeats and phase changes on `lockstep.events`, best effort.
 //! - [`agent`]: wiring: `Agent::build(config)` → `run(shutdown)`.
 
 pub mod agent;
 pub mod client;
 pub mod config;
 pub mod consumer;
+pub mod events;
 pub mod runtime;
 pub mod worker;
 

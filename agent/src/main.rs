@@ -11,9 +11,38 @@ use tokio_util::sync::CancellationToken;
 /// Exit code for bad configuration.
 const EXIT_CONFIG: u8 = 64;
 
+/// `--help` description, man-page style.
+const LONG_ABOUT: &str = "The Lockstep build agent: rebuilds source packages in hardened containers and signs the results.
+
+Consumes its builder identity's RabbitMQ queue, fetches each job's source from the coordinator by
+digest, rebuilds it in a network-less Docker container from the pinned build image, hashes the
+results on the host, clearsigns Debian's .buildinfo and signs a statement with its OpenPGP key
+(which never enters a container), uploads them and acknowledges the job. Publishes a heartbeat
+every 15 s and every phase change on the lockstep.events exchange.
+
+Configuration comes from --config FILE (TOML, see config/agent.sample.toml), overridden by
+LOCKSTEP__<KEY> environment variables. SIGINT/SIGTERM stop consuming, let running builds finish
+within the grace period, then stop and requeue them.";
+
+/// Shown after the options by `--help`.
+const AFTER_HELP: &str = "FILES:
+  /etc/lockstep/agent-NAME.toml          configuration (systemd unit lockstep-agent@NAME)
+  <state_dir>/key.asc                    this agent's signing key (0600; back it up)
+
+EXAMPLES:
+  lockstep-agent --config /etc/lockstep/agent-buildd1.toml init --export buildd1.asc
+      create the key if missing, print its fingerprint, write the public key for the policy
+  lockstep-agent --config /etc/lockstep/agent-buildd1.toml check-config
+  lockstep-agent --config /etc/lockstep/agent-buildd1.toml run
+
+EXIT STATUS:
+  0 stopped cleanly; 1 runtime error; 2 usage error; 64 invalid configuration.
+
+SEE ALSO: lockstep(1), lockstep-coordinator(1), docs/operations.md";
+
 /// The Lockstep build agent: rebuilds source packages in hardened containers and signs the results.
 #[derive(Parser)]
-#[command(version, about, long_about = None)]
+#[command(version, about, long_about = LONG_ABOUT, after_long_help = AFTER_HELP)]
 struct Args {
     /// Configuration file (TOML). Environment variables LOCKSTEP__<KEY> override it.
     #[arg(short, long, global = true, env = "LOCKSTEP_AGENT_CONFIG")]

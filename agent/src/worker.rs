@@ -44,12 +44,16 @@ pub struct Worker {
     pub runtime: Arc<Runtime>,
     pub client: Client,
     image: OnceCell<ImageRef>,
+    /// Heartbeats and phase changes (best effort, never blocks).
+    pub events: crate::events::EventSink,
 }
 
 impl Worker {
     pub fn new(cfg: Config, key: SigningKey, runtime: Arc<Runtime>) -> anyhow::Result<Worker> {
         let client = Client::new(&cfg.coordinator_url)?;
+        let events = crate::events::EventSink::new(&cfg.name, &key.fingerprint());
         Ok(Worker {
+            events,
             cfg,
             key,
             runtime,
@@ -75,6 +79,7 @@ impl Worker {
 
     fn phase(&self, job: &Job, phase: Phase, started: Instant) {
         tracing::info!(job = %job.job_id, source = %job.source, ?phase, elapsed_ms = started.elapsed().as_millis() as u64, "phase");
+        self.events.phase(job, phase);
     }
 
     /// Handles one job. Never panics on bad input; every outcome maps to a disposition.
@@ -263,6 +268,10 @@ impl Worker {
         .await
         {
             Ok(v) => {
+                // T02: a crash here, after the coordinator stored the evidence and before the
+                // ack, makes the broker redeliver; `handle` then finds the attestation.
+                #[cfg(feature = "failpoints")]
+                failpoint("after-upload");
                 self.phase(job, Phase::Done, started);
                 tracing::info!(job = %job.job_id, artifacts = out.artifacts.len(), response = %v, "attestation stored by the coordinator");
                 Disposition::Ack
@@ -334,6 +343,7 @@ impl Worker {
     /// Signs and sends a failure report; the job then ends failed for this builder.
     async fn fail(&self, job: &Job, kind: &str, reason: &str, log: &[u8]) -> Disposition {
         tracing::warn!(job = %job.job_id, %kind, %reason, "job failed");
+        self.events.phase(job, Phase::Failed);
         let tail = log_tail(log, LOG_TAIL_LINES);
         match retry(UPLOAD_ATTEMPTS, || {
             self.send_failure(job, kind, reason, log, &tail)
@@ -344,6 +354,16 @@ impl Worker {
             Err(ClientError::Refused(m)) => Disposition::Reject(m),
             Err(ClientError::Transient(m)) => Disposition::Requeue(m),
         }
+    }
+}
+
+/// Crash injection for the fault suite: aborts the process (no unwinding, no ack, no cleanup,
+/// like `kill -9`) when `LOCKSTEP_FAILPOINT` names this point.
+#[cfg(feature = "failpoints")]
+fn failpoint(name: &str) {
+    if std::env::var("LOCKSTEP_FAILPOINT").is_ok_and(|v| v == name) {
+        eprintln!("lockstep-agent: failpoint {name}: aborting");
+        std::process::abort();
     }
 }
 

@@ -51,7 +51,7 @@ async fn a_hanging_build_times_out_and_its_container_is_gone() {
     let root = tempfile::tempdir().expect("tempdir");
     let pkg = common::synthetic_package(root.path(), "lockstep-hangs", &["sleep 600"], &[]);
     let cfg = lockstep_agent::runtime::RuntimeConfig {
-        max_build_time: Duration::from_secs(40),
+        max_build_time: Duration::from_secs(30),
         stop_grace: Duration::from_secs(2),
         ..common::test_config()
     };

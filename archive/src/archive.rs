@@ -66,7 +66,7 @@ impl Archive {
         })
     }
 
-    fn conn(&self) -> MutexGuard<'_, Connection> {
+    pub(crate) fn conn(&self) -> MutexGuard<'_, Connection> {
         // A panic while holding the lock cannot leave a half-written append: the open
         // rusqlite transaction rolls back when dropped during unwinding. So a poisoned lock
         // still guards a consistent connection.

@@ -74,6 +74,22 @@ impl BlobStore {
         })
     }
 
+    /// Opens an existing blob directory for reading only (audits): nothing is created or
+    /// cleared, so an audit never disturbs a running coordinator's in-flight uploads.
+    pub(crate) fn open_existing(root: &Path) -> Result<Self, ArchiveError> {
+        if !root.is_dir() {
+            return Err(ArchiveError::NotFound(format!(
+                "{} is not a blob directory; point at an archive directory (with blobs/ and \
+                 archive.sqlite) or a coordinator data directory",
+                root.display()
+            )));
+        }
+        Ok(Self {
+            root: root.to_path_buf(),
+            sync: File::sync_all,
+        })
+    }
+
     #[cfg(test)]
     pub(crate) fn with_sync(mut self, sync: SyncFn) -> Self {
         self.sync = sync;

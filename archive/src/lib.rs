@@ -19,6 +19,8 @@
 //! - [`leaf`]: the canonical leaf data that binds a record into the log.
 //! - [`log`]: stored hashes, tiles, proofs, the log key and signed checkpoints.
 //! - [`proof`]: verification for clients and auditors (inclusion, consistency, checkpoints).
+//! - [`cosign`]: witness cosignatures (C2SP tlog-cosignature v1): signing and verification.
+//! - [`stats`]: cheap size and deduplication figures for metrics and the web page.
 //! - [`verify`]: the full audit.
 //! - [`error`]: the [`ArchiveError`] type callers branch on.
 //!
@@ -28,12 +30,14 @@
 
 pub mod archive;
 pub mod blobs;
+pub mod cosign;
 mod db;
 pub mod error;
 pub mod leaf;
 pub mod log;
 pub mod proof;
 pub mod records;
+pub mod stats;
 pub mod verify;
 
 pub use archive::Archive;
@@ -41,4 +45,4 @@ pub use blobs::BlobPut;
 pub use error::ArchiveError;
 pub use proof::{CheckpointInfo, ProofError};
 pub use records::{Alarm, BlobLink, NewRecord, Record, RecordRef};
-pub use verify::VerifyReport;
+pub use verify::{verify_dir, VerifyReport};

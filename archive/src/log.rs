@@ -395,6 +395,33 @@ pub(crate) fn load_or_create_key(path: &Path, origin: &str) -> Result<LogKey, Ar
     })
 }
 
+/// The verifier key (`name+hash+key`) of the Ed25519 seed stored at `path`, without creating
+/// anything (for read-only audits).
+pub(crate) fn verifier_key_from_seed(path: &Path, origin: &str) -> Result<String, ArchiveError> {
+    let bytes = fs::read(path).map_err(io_ctx(format!(
+        "reading the log key {} (pass the log's verifier key explicitly if this file is not \
+         readable)",
+        path.display()
+    )))?;
+    let seed: [u8; 32] = bytes.try_into().map_err(|b: Vec<u8>| {
+        ArchiveError::Corrupt(format!(
+            "log key {} is {} bytes, expected a 32-byte Ed25519 seed",
+            path.display(),
+            b.len()
+        ))
+    })?;
+    if !signed_note::is_key_name_valid(origin) {
+        return Err(ArchiveError::Corrupt(format!(
+            "stored checkpoint origin {origin:?} is not a valid key name"
+        )));
+    }
+    let sk = ed25519_dalek::SigningKey::from_bytes(&seed);
+    Ok(signed_note::new_ed25519_verifier_key(
+        origin,
+        &sk.verifying_key(),
+    ))
+}
+
 /// The newest stored checkpoint: (size, root, note).
 pub(crate) fn latest(conn: &Connection) -> Result<Option<(u64, [u8; 32], String)>, ArchiveError> {
     let row = conn

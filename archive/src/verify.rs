@@ -358,6 +358,58 @@ fn check_log(
     Ok(())
 }
 
+/// Audits an archive directory without opening it for writing: nothing is created, migrated or
+/// cleared, so it is safe while a coordinator runs on the same directory. `dir` is the archive
+/// directory (with `archive.sqlite` and `blobs/`) or a coordinator data directory containing
+/// `archive/`. `verifier_key`: the log's checkpoint verifier key; `None` derives it from the
+/// directory's `log-key` seed and the origin of the stored checkpoints (which only proves the
+/// checkpoints were signed by the key stored next to them — pass the key you pinned to check more).
+pub fn verify_dir(dir: &Path, verifier_key: Option<&str>) -> Result<VerifyReport, ArchiveError> {
+    let dir = if dir.join(crate::archive::DB_FILE).is_file() {
+        dir.to_path_buf()
+    } else if dir.join("archive").join(crate::archive::DB_FILE).is_file() {
+        dir.join("archive")
+    } else {
+        return Err(ArchiveError::NotFound(format!(
+            "no {} in {} or {}/archive; give the archive directory or the coordinator's data \
+             directory",
+            crate::archive::DB_FILE,
+            dir.display(),
+            dir.display()
+        )));
+    };
+    let db_path = dir.join(crate::archive::DB_FILE);
+    let blobs = BlobStore::open_existing(&dir.join(crate::archive::BLOB_DIR))?;
+    let key = match verifier_key {
+        Some(k) => k.to_owned(),
+        None => {
+            let conn = db::open_read_only(&db_path)?;
+            let origin: Option<String> = {
+                use rusqlite::OptionalExtension;
+                conn.query_row(
+                    "SELECT note FROM checkpoints ORDER BY id DESC LIMIT 1",
+                    [],
+                    |r| r.get::<_, String>(0),
+                )
+                .optional()?
+                .and_then(|n| n.lines().next().map(str::to_owned))
+            };
+            match origin {
+                // No checkpoint yet: there is no signature to check, any valid key name does.
+                None => crate::log::verifier_key_from_seed(
+                    &dir.join(crate::archive::KEY_FILE),
+                    "lockstep.local/log",
+                )?,
+                Some(origin) => crate::log::verifier_key_from_seed(
+                    &dir.join(crate::archive::KEY_FILE),
+                    &origin,
+                )?,
+            }
+        }
+    };
+    run(&db_path, &blobs, &key)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

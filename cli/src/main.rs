@@ -3,7 +3,8 @@
 //! `--coordinator URL` or `LOCKSTEP_COORDINATOR` (default `http://127.0.0.1:8440`).
 //!
 //! Exit codes: 0 success; 1 error (message on stderr); 2 usage error; 3 with `--wait`, at least
-//! one package ended `hold` or `failed`; 4 a signature or verification check failed.
+//! one package ended `hold` or `failed` (`diff`: artifacts differ; `agents`: an agent is stale);
+//! 4 a signature or verification check failed.
 
 use std::io::{IsTerminal, Read};
 use std::path::{Path, PathBuf};
@@ -16,7 +17,16 @@ use lockstep_proto::digest::hash_file;
 use lockstep_proto::signing::Keyring;
 use lockstep_proto::v1::{Decision, EnqueueRequest, EnqueueResponse, State, StatusEntry};
 
+mod agents;
+mod aptsource;
+mod diff;
 mod http;
+mod lookup;
+mod progress;
+mod proof;
+mod upload;
+mod verify;
+mod witness;
 use http::Api;
 
 /// How often `--wait` polls the coordinator.
@@ -25,9 +35,35 @@ const WAIT_POLL: Duration = Duration::from_secs(2);
 const EXIT_HELD: u8 = 3;
 const EXIT_VERIFY: u8 = 4;
 
+/// `--help` description, man-page style.
+const LONG_ABOUT: &str = "Lockstep: rebuild every binary independently, ship only what a quorum of signed builders agree on.
+
+The command line for operators (enqueue, status, agents, decisions, diffs), developers (upload a
+signed .changes) and auditors (verify the archive and log, fetch proofs). It talks to the
+coordinator over HTTP, found from --coordinator URL or LOCKSTEP_COORDINATOR. Read commands take
+--json for machine-readable output.";
+
+/// Shown after the options by `--help`.
+const AFTER_HELP: &str = "EXAMPLES:
+  lockstep enqueue --wait hello              rebuild hello and watch each agent's phases
+  lockstep enqueue --from-file list.txt      enqueue many packages, one per line
+  lockstep status hello --json               state, builders and artifacts per (source, version, arch)
+  lockstep agents                            connected agents, their phase and last heartbeat
+  lockstep decision hello 2.10-3 amd64       the signed decisions, signatures checked
+  lockstep diff hello 2.10-3 amd64           what differs between builders
+  lockstep verify                            check every blob and the log
+
+EXIT STATUS:
+  0 success; 1 error (stderr says what and what to do); 2 usage error;
+  3 `enqueue --wait`: a package ended hold or failed; `diff`: artifacts differ;
+    `agents`: an agent is stale;
+  4 a signature or verification check failed.
+
+SEE ALSO: lockstep-coordinator(1), lockstep-agent(1), docs/operations.md";
+
 /// Lockstep: rebuild every binary independently, ship only what a quorum of signed builders agree on.
 #[derive(Parser)]
-#[command(version, about, long_about = None, propagate_version = true)]
+#[command(version, about, long_about = LONG_ABOUT, after_long_help = AFTER_HELP, propagate_version = true)]
 struct Cli {
     /// Coordinator base URL.
     #[arg(
@@ -78,6 +114,8 @@ enum Cmd {
     /// Show the decisions for one package and verify the coordinator's signature on each.
     Decision {
         source: String,
+        // Not `version`: that id is the --version flag every subcommand gets.
+        #[arg(id = "package_version", value_name = "VERSION")]
         version: String,
         arch: String,
         /// Verify with this coordinator certificate instead of fetching it from the coordinator.
@@ -93,6 +131,73 @@ enum Cmd {
     },
     /// Ask the coordinator to reload its policy file.
     ReloadPolicy,
+    /// Audit the archive and the transparency log: exit 0 only if all is well, 4 if not.
+    ///
+    /// Checks the latest checkpoint's signature, recomputes the tree from the served leaves,
+    /// checks consistency with a saved checkpoint (--since) and asks the coordinator to re-hash
+    /// every blob; or, with --data-dir, audits an archive on local disk read-only.
+    Verify(verify::Args),
+    /// Fetch and verify inclusion and consistency proofs against the signed checkpoint.
+    #[command(subcommand)]
+    Proof(proof::Cmd),
+    /// Run a log witness: check each new checkpoint and cosign it, or refuse and keep evidence.
+    Witness(witness::Args),
+    /// Upload a developer-signed .changes with the files it lists, as evidence.
+    Upload {
+        /// The clearsigned .changes; the files it lists are read from the same directory.
+        changes: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Which records (packages, builders, developer uploads) reference some bytes, or a key.
+    Lookup {
+        /// SHA-256 of a blob (e.g. a .deb).
+        sha256: Option<String>,
+        /// Records signed by this key fingerprint instead.
+        #[arg(long, value_name = "FPR", conflicts_with = "sha256")]
+        builder: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Key history: which builder, developer and witness keys the policy trusted when.
+    #[command(subcommand)]
+    Keys(KeysCmd),
+    /// Show which builders produced which bytes for one package, and what differs inside .debs.
+    ///
+    /// Exits 0 when every builder agreed, 3 when some artifact differs.
+    Diff {
+        source: String,
+        // Not `version`: that id is the --version flag every subcommand gets.
+        #[arg(id = "package_version", value_name = "VERSION")]
+        version: String,
+        arch: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write the repository key to FILE and print the apt sources line for shipped packages.
+    AptSource {
+        /// Where to write the coordinator's public key (binary, for apt's signed-by).
+        #[arg(long, value_name = "FILE")]
+        keyring: PathBuf,
+    },
+    /// List agents: name, fingerprint, architectures, last heartbeat, current job and phase.
+    ///
+    /// An agent is STALE after three missed heartbeats (45 s by default); the job it held is
+    /// shown so it can be checked. Exits 0 when every agent is live, 3 when any is stale.
+    Agents {
+        /// JSON array, one object per agent (as `GET /api/v1/agents`).
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCmd {
+    /// Every trusted set the policy had, from the `policy` records in the log.
+    History {
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -293,6 +398,39 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Diff {
+            source,
+            version,
+            arch,
+            json,
+        } => {
+            if diff::run(&api, &source, &version, &arch, json).await? {
+                Ok(ExitCode::SUCCESS)
+            } else {
+                Ok(ExitCode::from(EXIT_HELD))
+            }
+        }
+        Cmd::AptSource { keyring } => {
+            aptsource::run(&api, &keyring).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Agents { json } => {
+            if agents::run(&api, json).await? > 0 {
+                Ok(ExitCode::from(EXIT_HELD))
+            } else {
+                Ok(ExitCode::SUCCESS)
+            }
+        }
+        Cmd::Verify(args) => verify::run(&api, args).await,
+        Cmd::Proof(cmd) => proof::run(&api, cmd).await,
+        Cmd::Witness(args) => witness::run(&api, args).await,
+        Cmd::Upload { changes, json } => upload::run(&api, &changes, json).await,
+        Cmd::Lookup {
+            sha256,
+            builder,
+            json,
+        } => lookup::run(&api, sha256, builder, json).await,
+        Cmd::Keys(KeysCmd::History { json }) => lookup::history(&api, json).await,
         Cmd::ReloadPolicy => {
             let v: serde_json::Value = api
                 .post_json("/api/v1/policy/reload", &serde_json::json!({}))
@@ -369,8 +507,7 @@ async fn wait_for(
     timeout: Duration,
 ) -> anyhow::Result<Vec<StatusEntry>> {
     let started = Instant::now();
-    let tty = std::io::stderr().is_terminal();
-    let mut last: Vec<String> = Vec::new();
+    let mut display = progress::Display::new(std::io::stderr().is_terminal());
     loop {
         let mut rows = Vec::new();
         for (s, _, _) in keys {
@@ -386,36 +523,7 @@ async fn wait_for(
             (&a.source, &a.version, &a.arch).cmp(&(&b.source, &b.version, &b.arch))
         });
         rows.dedup_by(|a, b| a.source == b.source && a.version == b.version && a.arch == b.arch);
-        let lines: Vec<String> = rows
-            .iter()
-            .map(|r| {
-                format!(
-                    "{} {} {}: {} ({} of {} builders){}",
-                    r.source,
-                    r.version,
-                    r.arch,
-                    r.state,
-                    r.builders.len(),
-                    r.threshold,
-                    if r.failures.is_empty() {
-                        String::new()
-                    } else {
-                        format!(", {} failure(s)", r.failures.len())
-                    }
-                )
-            })
-            .collect();
-        if lines != last {
-            let t = started.elapsed().as_secs();
-            for l in &lines {
-                if tty {
-                    eprintln!("[{:>3}s] {l}", t);
-                } else {
-                    eprintln!("{t}s {l}");
-                }
-            }
-            last = lines;
-        }
+        display.update(api, &rows).await;
         if rows.len() >= keys.len() && rows.iter().all(|r| r.state != State::Pending) {
             return Ok(rows);
         }
@@ -446,6 +554,21 @@ fn print_status(rows: &[StatusEntry]) {
         }
         for a in &r.artifacts {
             println!("    artifact {}  {}", a.sha256, a.name);
+        }
+        if let Some(o) = &r.official {
+            println!("    official {}", o.verdict.as_str());
+            for a in &o.artifacts {
+                let short = |d: &Option<lockstep_proto::Sha256Digest>| {
+                    d.map_or("-".to_string(), |d| d.to_hex()[..16].to_string())
+                };
+                println!(
+                    "             {:<13} {}  rebuilt {}  official {}",
+                    a.result,
+                    a.name,
+                    short(&a.rebuilt),
+                    short(&a.official)
+                );
+            }
         }
         for f in &r.failures {
             println!("    failure  {} {}: {}", f.builder, f.kind, f.reason);

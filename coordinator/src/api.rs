@@ -40,6 +40,18 @@ impl IntoResponse for ApiError {
             ServiceError::Conflict(_) => StatusCode::CONFLICT,
             ServiceError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ServiceError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ServiceError::Internal(e) if crate::audit::storage_full(e) => {
+                tracing::error!(error = %format!("{e:#}"), "archive volume full");
+                let msg = format!(
+                    "the archive volume is full (disk full): {e:#}; nothing was stored — free \
+                     space on the coordinator's data volume, then retry"
+                );
+                return (
+                    StatusCode::INSUFFICIENT_STORAGE,
+                    Json(json!({ "error": msg })),
+                )
+                    .into_response();
+            }
             ServiceError::Internal(e) => {
                 tracing::error!(error = %format!("{e:#}"), "internal error");
                 StatusCode::INTERNAL_SERVER_ERROR
@@ -52,7 +64,7 @@ impl IntoResponse for ApiError {
 type ApiResult<T> = Result<T, ApiError>;
 
 /// Runs blocking service work off the async threads.
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, ServiceError> + Send + 'static,
 ) -> ApiResult<T> {
     tokio::task::spawn_blocking(f)
@@ -80,12 +92,19 @@ pub fn router(svc: Arc<Service>) -> Router {
             get(decisions),
         )
         .route("/api/v1/keys/coordinator", get(coordinator_key))
+        .route("/api/v1/diff/{source}/{version}/{arch}", get(diff))
+        .route("/apt/dists/{*path}", get(apt_dists))
+        .route("/apt/pool/{*path}", get(apt_pool))
         .route("/api/v1/policy/reload", post(reload_policy))
         .route("/api/v1/log", get(log_info))
         .route("/api/v1/proof/inclusion", get(inclusion_proof))
         .route("/api/v1/proof/consistency", get(consistency_proof))
         .route("/log/checkpoint", get(checkpoint))
         .route("/log/{*path}", get(tile))
+        .merge(crate::audit::routes())
+        .merge(crate::uploads::routes())
+        .merge(crate::witness::routes())
+        .merge(crate::lookup::routes())
         .layer(DefaultBodyLimit::max(MAX_JSON_BODY))
         .with_state(svc)
 }
@@ -107,6 +126,14 @@ async fn enqueue(
         return Err(ServiceError::BadRequest("no packages given".into()).into());
     }
     let resp = svc.enqueue(&req.packages, req.rebuild).await;
+    crate::official::spawn_for_jobs(
+        &svc,
+        resp.jobs
+            .iter()
+            .filter(|j| j.created)
+            .map(|j| j.job_id.clone())
+            .collect(),
+    );
     let status = if resp.jobs.is_empty() {
         StatusCode::UNPROCESSABLE_ENTITY
     } else {
@@ -126,7 +153,16 @@ async fn enqueue_dsc(
     State(svc): State<Arc<Service>>,
     Json(req): Json<DscRequest>,
 ) -> ApiResult<Response> {
-    let resp = blocking(move || svc.enqueue_dsc(req.dsc_sha256, req.rebuild)).await?;
+    let s = svc.clone();
+    let resp = blocking(move || s.enqueue_dsc(req.dsc_sha256, req.rebuild)).await?;
+    crate::official::spawn_for_jobs(
+        &svc,
+        resp.jobs
+            .iter()
+            .filter(|j| j.created)
+            .map(|j| j.job_id.clone())
+            .collect(),
+    );
     Ok(Json(resp).into_response())
 }
 
@@ -259,12 +295,64 @@ async fn decisions(
     Ok(Json(out).into_response())
 }
 
-async fn coordinator_key(State(svc): State<Arc<Service>>) -> ApiResult<Response> {
-    let armored = svc
-        .key
-        .public_armored()
-        .map_err(|e| ServiceError::Internal(anyhow::anyhow!(e)))?;
-    Ok(([(header::CONTENT_TYPE, "application/pgp-keys")], armored).into_response())
+#[derive(Deserialize)]
+struct KeyQuery {
+    /// `armored` (default) or `binary` (a keyring file for `gpgv --keyring` or apt's signed-by).
+    format: Option<String>,
+}
+
+async fn coordinator_key(
+    State(svc): State<Arc<Service>>,
+    Query(q): Query<KeyQuery>,
+) -> ApiResult<Response> {
+    let (bytes, content_type) = match q.format.as_deref() {
+        None | Some("armored") => (svc.key.public_armored(), "application/pgp-keys"),
+        Some("binary") => (svc.key.public_binary(), "application/octet-stream"),
+        Some(other) => {
+            return Err(ServiceError::BadRequest(format!(
+                "format={other:?} is not known: use format=armored or format=binary"
+            ))
+            .into())
+        }
+    };
+    let bytes = bytes.map_err(|e| ServiceError::Internal(anyhow::anyhow!(e)))?;
+    Ok(([(header::CONTENT_TYPE, content_type)], bytes).into_response())
+}
+
+async fn diff(
+    State(svc): State<Arc<Service>>,
+    Path((source, version, arch)): Path<(String, String, String)>,
+) -> ApiResult<Response> {
+    let report = blocking(move || crate::diff::diff(&svc, &source, &version, &arch)).await?;
+    Ok(Json(report).into_response())
+}
+
+async fn apt_dists(
+    State(svc): State<Arc<Service>>,
+    Path(path): Path<String>,
+) -> ApiResult<Response> {
+    let file = svc.aptrepo.dists_file(&path).ok_or_else(|| {
+        ServiceError::NotFound(format!("no file dists/{path} in the apt repository"))
+    })?;
+    let bytes = tokio::fs::read(&file)
+        .await
+        .map_err(|e| ServiceError::Internal(anyhow::anyhow!("reading {}: {e}", file.display())))?;
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], bytes).into_response())
+}
+
+async fn apt_pool(
+    State(svc): State<Arc<Service>>,
+    Path(path): Path<String>,
+) -> ApiResult<Response> {
+    let d = svc
+        .aptrepo
+        .pool_blob(&format!("pool/{path}"))
+        .ok_or_else(|| {
+            ServiceError::NotFound(format!(
+                "pool/{path} is not in the apt repository: only shipped packages are published"
+            ))
+        })?;
+    get_blob(State(svc), Path(d.to_hex())).await
 }
 
 async fn reload_policy(State(svc): State<Arc<Service>>) -> ApiResult<Response> {
@@ -291,7 +379,13 @@ async fn log_info(State(svc): State<Arc<Service>>) -> ApiResult<Response> {
 }
 
 async fn checkpoint(State(svc): State<Arc<Service>>) -> ApiResult<Response> {
-    let cp = blocking(move || Ok(svc.archive.latest_checkpoint()?)).await?;
+    let cp = blocking(move || {
+        Ok(svc
+            .archive
+            .latest_checkpoint()?
+            .map(|t| svc.with_cosignatures(&t)))
+    })
+    .await?;
     match cp {
         Some(text) => {
             Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response())

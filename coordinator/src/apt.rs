@@ -164,6 +164,8 @@ pub struct Apt {
     root: PathBuf,
     refresh: Duration,
     lock: Mutex<()>,
+    /// `Signed-By` keyrings of the machine's sources (for checking `InRelease` ourselves).
+    signed_by: Vec<String>,
 }
 
 impl Apt {
@@ -189,6 +191,7 @@ impl Apt {
             root: root.to_path_buf(),
             refresh,
             lock: Mutex::new(()),
+            signed_by: entries.iter().filter_map(|e| e.signed_by.clone()).collect(),
         })
     }
 
@@ -300,6 +303,38 @@ impl Apt {
             dsc_path,
             origin,
         })
+    }
+}
+
+impl Apt {
+    /// Directory of the downloaded indices.
+    pub fn lists_dir(&self) -> PathBuf {
+        self.root.join("lists")
+    }
+
+    /// Keyrings the machine's sources trust.
+    pub fn keyrings(&self) -> Vec<PathBuf> {
+        crate::official::system_keyrings(&self.signed_by)
+    }
+
+    /// Downloads one binary package (`name:arch=version` or `name=version`) into `dir` and returns
+    /// the file. apt checks it against the index; the caller checks the chain again itself.
+    pub async fn download_binary(&self, spec: &str, dir: &Path) -> anyhow::Result<PathBuf> {
+        let _guard = self.lock.lock().await;
+        self.update_if_stale().await?;
+        self.run(&["download".into(), spec.into()], dir)
+            .await
+            .map_err(|e| anyhow::anyhow!("{spec}: {e:#}"))?;
+        let name = spec.split([':', '=']).next().unwrap_or(spec);
+        std::fs::read_dir(dir)
+            .context("listing the download")?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .find(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with(&format!("{name}_")) && n.ends_with(".deb"))
+            })
+            .ok_or_else(|| anyhow::anyhow!("{spec}: apt downloaded no .deb"))
     }
 }
 

@@ -12,9 +12,38 @@ use tokio_util::sync::CancellationToken;
 /// style asks for bad config).
 const EXIT_CONFIG: u8 = 64;
 
+/// `--help` description, man-page style.
+const LONG_ABOUT: &str = "The Lockstep coordinator: jobs, dispatch, archive, transparency log, quorum and decisions.
+
+Takes operators' rebuild jobs, fetches and archives the source from the machine's apt sources,
+dispatches one job per trusted builder over RabbitMQ, verifies the builders' signed attestations
+into a write-once archive, keeps a C2SP transparency log over every record, and records a signed
+ship / hold / pending / failed decision per (source, version, arch). Serves the HTTP API, the
+log, a web page (/) and Prometheus metrics (/metrics).
+
+Configuration comes from --config FILE (TOML, see config/coordinator.sample.toml), overridden by
+LOCKSTEP__<KEY> environment variables. SIGHUP reloads the policy; SIGINT/SIGTERM drain and stop.";
+
+/// Shown after the options by `--help`.
+const AFTER_HELP: &str = "FILES:
+  /etc/lockstep/coordinator.toml        configuration
+  /etc/lockstep/policy.toml             trusted builders and thresholds
+  <data_dir>/archive/                   the write-once archive and log (back it up)
+  <data_dir>/coordinator-key.asc        the key decisions are signed with
+
+EXAMPLES:
+  lockstep-coordinator --config /etc/lockstep/coordinator.toml check-config
+  lockstep-coordinator --config /etc/lockstep/coordinator.toml run
+  LOCKSTEP__LISTEN=0.0.0.0:8440 lockstep-coordinator --log-format json run
+
+EXIT STATUS:
+  0 stopped cleanly; 1 runtime error; 2 usage error; 64 invalid configuration.
+
+SEE ALSO: lockstep(1), lockstep-agent(1), docs/operations.md";
+
 /// The Lockstep coordinator: jobs, dispatch, archive, transparency log, quorum and decisions.
 #[derive(Parser)]
-#[command(version, about, long_about = None)]
+#[command(version, about, long_about = LONG_ABOUT, after_long_help = AFTER_HELP)]
 struct Args {
     /// Configuration file (TOML). Environment variables LOCKSTEP__<KEY> override it.
     #[arg(short, long, global = true, env = "LOCKSTEP_COORDINATOR_CONFIG")]

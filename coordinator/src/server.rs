@@ -63,7 +63,11 @@ impl Server {
             shutdown.clone(),
         );
         svc.set_dispatcher(dispatcher);
-        let app = crate::api::router(svc.clone());
+        let events_task = crate::events::spawn_listener(svc.clone(), shutdown.clone());
+        let app = crate::api::router(svc.clone())
+            .merge(crate::events::router(svc.clone()))
+            .merge(crate::metrics::router(svc.clone()))
+            .merge(crate::web::router(svc.clone()));
         let stop = shutdown.clone();
         let serve = axum::serve(self.listener, app).with_graceful_shutdown(async move {
             stop.cancelled().await;
@@ -77,6 +81,7 @@ impl Server {
             Err(_) => tracing::warn!("HTTP requests did not finish within the grace period"),
         }
         let _ = tokio::time::timeout(SHUTDOWN_GRACE, dispatch_task).await;
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, events_task).await;
         Ok(())
     }
 }

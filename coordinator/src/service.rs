@@ -96,6 +96,8 @@ pub struct Service {
     pub archive: Arc<Archive>,
     pub jobs: Arc<JobStore>,
     pub apt: Arc<Apt>,
+    /// The signed apt repository of what shipped, regenerated after every decision.
+    pub aptrepo: crate::aptrepo::AptRepo,
     policy: RwLock<Arc<Policy>>,
     pub key: SigningKey,
     pub host_arch: String,
@@ -103,6 +105,10 @@ pub struct Service {
     /// Serialises quorum evaluation and decision recording per coordinator.
     decide_lock: Mutex<()>,
     scratch: PathBuf,
+    /// Witness cosignatures of checkpoints (see [`crate::witness`]).
+    pub cosignatures: crate::witness::Cosignatures,
+    /// Agent liveness and counters for the web page and `/metrics` (not evidence).
+    pub ops: crate::metrics::Ops,
 }
 
 impl Service {
@@ -122,6 +128,7 @@ impl Service {
             tracing::info!(fingerprint = %key.fingerprint(), "generated the coordinator's signing key");
         }
         let policy = load_policy(&cfg.policy)?;
+        let aptrepo = crate::aptrepo::AptRepo::new(&cfg.data_dir.join("aptrepo"))?;
         let apt = Apt::new(&cfg.data_dir.join("apt"), &cfg.apt_sources, cfg.apt_refresh)
             .context("preparing the private apt configuration")?;
         let host_arch = match &cfg.host_arch {
@@ -130,25 +137,40 @@ impl Service {
         };
         let scratch = cfg.data_dir.join("scratch");
         std::fs::create_dir_all(&scratch).context("creating the scratch dir")?;
-        Ok(Service {
+        let cosignatures = crate::witness::Cosignatures::open(&cfg.data_dir.join("witness.sqlite"))
+            .context("opening the witness cosignature store")?;
+        let service = Service {
             archive: Arc::new(archive),
             jobs: Arc::new(jobs),
             apt: Arc::new(apt),
+            aptrepo,
             policy: RwLock::new(Arc::new(policy)),
             key,
             host_arch,
             dispatcher: RwLock::new(None),
             decide_lock: Mutex::new(()),
             scratch,
+            cosignatures,
+            ops: Default::default(),
             cfg,
-        })
+        };
+        service
+            .record_policy(&service.policy())
+            .map_err(|e| anyhow::anyhow!("recording the policy's trusted set: {e}"))?;
+        // A signed checkpoint exists from the start (size 0 on a new archive), and signing one
+        // re-checks that the stored tree still reproduces the previous checkpoint.
+        service
+            .archive
+            .checkpoint()
+            .context("signing a checkpoint of the log at startup")?;
+        Ok(service)
     }
 
     pub fn set_dispatcher(&self, d: Dispatcher) {
         *self.dispatcher.write().unwrap_or_else(|p| p.into_inner()) = Some(d);
     }
 
-    fn dispatcher(&self) -> Option<Dispatcher> {
+    pub(crate) fn dispatcher(&self) -> Option<Dispatcher> {
         self.dispatcher
             .read()
             .unwrap_or_else(|p| p.into_inner())
@@ -172,6 +194,7 @@ impl Service {
         );
         *self.policy.write().unwrap_or_else(|p| p.into_inner()) = p.clone();
         tracing::info!(builders = p.builders.len(), "policy reloaded");
+        self.record_policy(&p)?;
         for (s, v, a) in self.jobs.keys(None)? {
             self.evaluate(&s, &v, &a)?;
         }
@@ -379,7 +402,16 @@ impl Service {
     // ------------------------------------------------------------------ attestations
 
     /// Verifies and stores an attestation, then re-evaluates the quorum.
+    /// Refusals are counted for `/metrics` (`lockstep_attestation_refusals_total`).
     pub fn attest(&self, up: &AttestationUpload) -> Result<Accepted> {
+        let r = self.attest_checked(up);
+        if let Err(e) = &r {
+            self.ops.refusals.count(e);
+        }
+        r
+    }
+
+    fn attest_checked(&self, up: &AttestationUpload) -> Result<Accepted> {
         let policy = self.policy();
         let bytes = up.statement.as_bytes();
         if bytes.len() as u64 > MAX_SIGNED_DOC {
@@ -399,6 +431,11 @@ impl Service {
                 st.schema
             )));
         }
+        // Revoked or expired keys are refused before verification, with a reason (sequoia would
+        // only judge them at the signature's self-chosen creation time). Judged by our clock.
+        if let Some(claimed) = policy.builder(&st.builder.fingerprint) {
+            refuse_invalid_key(claimed, Utc::now())?;
+        }
         let verified = policy
             .builder_keyring
             .verify_detached(bytes, up.signature.as_bytes())
@@ -409,6 +446,7 @@ impl Service {
                 verified.fingerprint
             ))
         })?;
+        refuse_invalid_key(builder, Utc::now())?;
         if !st
             .builder
             .fingerprint
@@ -614,6 +652,8 @@ impl Service {
         let policy = self.policy();
         let (records, votes, failures) = self.evidence(source, version, arch)?;
         let outcome = quorum::evaluate(&policy, source, &votes, &failures);
+        let (outcome, developer_mismatch) = crate::uploads::apply(&policy, &records, outcome);
+        let (outcome, official) = crate::official::apply(&policy, &records, outcome);
         let last = records
             .iter()
             .rev()
@@ -632,6 +672,8 @@ impl Service {
                     || d.counted != outcome.counted
                     || d.artifacts != outcome.artifacts
                     || d.dissenters != outcome.dissenters
+                    || d.developer_mismatch != developer_mismatch
+                    || d.official != official
             }
         };
         if !changed {
@@ -649,6 +691,8 @@ impl Service {
             attestations: outcome.attestations.clone(),
             artifacts: outcome.artifacts.clone(),
             dissenters: outcome.dissenters.clone(),
+            developer_mismatch,
+            official,
             supersedes: last.as_ref().map(|(_, d)| *d),
             decided_at: Utc::now(),
         };
@@ -657,7 +701,7 @@ impl Service {
             .key
             .sign_detached(&body)
             .map_err(|e| anyhow::anyhow!(e))?;
-        self.archive.append_record(NewRecord {
+        let decision_ref = self.archive.append_record(NewRecord {
             kind: kind::DECISION.into(),
             source: source.into(),
             version: version.into(),
@@ -671,10 +715,28 @@ impl Service {
         })?;
         self.archive.checkpoint()?;
         tracing::info!(%source, %version, %arch, state = %decision.state, reason = %decision.reason, "decision recorded");
-        if let Some(d) = self.dispatcher() {
+        // The apt repository follows every decision; failing to publish it never loses the
+        // decision (it is recorded), and the next decision or a restart publishes again.
+        self.publish_apt();
+        // Under require_witness a ship is published once a witness cosigned a checkpoint
+        // covering this decision (crate::witness).
+        if let Some(d) = self
+            .dispatcher()
+            .filter(|_| !self.awaits_witness(&policy, decision.state, decision_ref.leaf_index))
+        {
             d.publish_decision(decision);
         }
         Ok(outcome)
+    }
+
+    /// Regenerates the apt repository of shipped packages; errors are logged, not returned.
+    pub fn publish_apt(&self) {
+        if let Err(e) = self
+            .aptrepo
+            .regenerate(&self.archive, &self.key, &self.host_arch)
+        {
+            tracing::error!(error = %format!("{e:#}"), "could not regenerate the apt repository");
+        }
     }
 
     /// Status rows (BRIEF.md contract), optionally for one source.
@@ -684,6 +746,9 @@ impl Service {
         for (s, v, a) in self.jobs.keys(source)? {
             let (records, votes, failures) = self.evidence(&s, &v, &a)?;
             let outcome = quorum::evaluate(&policy, &s, &votes, &failures);
+            let (outcome, developer_mismatch) = crate::uploads::apply(&policy, &records, outcome);
+            let (outcome, official) = crate::official::apply(&policy, &records, outcome);
+            let outcome = self.witness_gate(&policy, &records, outcome);
             let mut builders: Vec<String> = votes.iter().map(|v| v.fingerprint.clone()).collect();
             builders.sort();
             builders.dedup();
@@ -729,6 +794,8 @@ impl Service {
                 artifacts,
                 failures,
                 decided_at,
+                developer_mismatch,
+                official,
             });
         }
         Ok(out)
@@ -772,6 +839,20 @@ impl Service {
         }
         Ok(out)
     }
+}
+
+/// Refuses a vote from a builder whose key is revoked or expired at `now` (the log's clock).
+fn refuse_invalid_key(
+    builder: &lockstep_proto::policy::TrustedBuilder,
+    now: chrono::DateTime<Utc>,
+) -> Result<()> {
+    builder.check_at(now).map_err(|why| {
+        tracing::warn!(builder = %builder.name, fingerprint = %builder.fingerprint, %why, "refused a vote from an invalid key");
+        ServiceError::Forbidden(format!(
+            "builder {} ({}) cannot vote: {why}; its attestations are refused — give the builder a new key and list it in the policy",
+            builder.name, builder.fingerprint
+        ))
+    })
 }
 
 /// Maps a signature failure to a refusal that says what was wrong.

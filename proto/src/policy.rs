@@ -8,6 +8,14 @@
 //! [[packages]]
 //! pattern = "openssl*"                # a name or a glob
 //! threshold = 3
+//! [[developers]]                      # whose signed .changes uploads are accepted as evidence
+//! name = "alice"
+//! key = "keys/alice.asc"
+//! developer_mismatch = "flag"         # or "hold" (top-level key; place it before the tables)
+//! require_witness = false             # top-level: hold ship until a listed witness cosigned
+//! [[witnesses]]
+//! name = "witness-1"
+//! key = "witness.example/w1+1a2b3c4d+BASE64"   # as `lockstep witness` prints it
 //! ```
 //!
 //! Loading is two-stage: [`RawPolicy`] is what the file says, [`Policy::resolve`] turns it into a
@@ -56,10 +64,16 @@ pub struct RawPolicy {
     pub require_witness: bool,
     /// What a developer upload that differs from the agreed bytes does: `flag` (default) or `hold`.
     pub developer_mismatch: Option<String>,
+    /// What builders agreeing on bytes that differ from the distribution's published binaries
+    /// does: `flag` (default: shown in every view) or `hold`.
+    pub official_mismatch: Option<String>,
     #[serde(default)]
     pub builders: Vec<RawBuilder>,
     #[serde(default)]
     pub developers: Vec<RawBuilder>,
+    /// Witnesses whose checkpoint cosignatures count for `require_witness`.
+    #[serde(default)]
+    pub witnesses: Vec<RawWitness>,
     #[serde(default)]
     pub packages: Vec<RawPackageRule>,
 }
@@ -76,6 +90,15 @@ pub struct RawBuilder {
     pub not_after: Option<DateTime<Utc>>,
 }
 
+/// A transparency-log witness: `key` is its cosignature verifier key in signed-note form
+/// (`name+<8 hex digits>+<base64>`, as `lockstep witness` prints it).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWitness {
+    pub name: String,
+    pub key: String,
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawPackageRule {
@@ -90,12 +113,83 @@ pub struct TrustedBuilder {
     pub fingerprint: String,
     pub not_before: Option<DateTime<Utc>>,
     pub not_after: Option<DateTime<Utc>>,
+    /// Validity of the OpenPGP certificate itself (expiry, revocation), read from the key file.
+    pub key: KeyValidity,
+}
+
+/// What the certificate says about its own validity, judged against the log's clock.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KeyValidity {
+    /// When the primary key expires (its self-signature's expiration), if ever.
+    pub expires_at: Option<DateTime<Utc>>,
+    /// A revocation certificate merged into the key file.
+    pub revoked: Option<Revocation>,
+}
+
+/// An OpenPGP revocation of a builder's certificate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Revocation {
+    /// Creation time of the revocation signature.
+    pub at: DateTime<Utc>,
+    /// Hard (compromised, or no reason given): every vote is void, whenever it was recorded.
+    /// Soft (retired, superseded): votes recorded before `at` still count.
+    pub hard: bool,
+    /// The reason code and text the revocation gives.
+    pub reason: String,
+}
+
+/// Why a builder's vote recorded at some time does not count.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Invalid {
+    /// Outside the policy's `not_before`/`not_after`.
+    OutsidePolicyWindow,
+    /// Recorded after the certificate expired.
+    Expired(DateTime<Utc>),
+    /// The certificate is revoked (hard, or soft before the vote).
+    Revoked(Revocation),
+}
+
+impl std::fmt::Display for Invalid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Invalid::OutsidePolicyWindow => {
+                f.write_str("outside its validity window in the policy")
+            }
+            Invalid::Expired(t) => write!(f, "key expired at {}", t.to_rfc3339()),
+            Invalid::Revoked(r) => write!(
+                f,
+                "key revoked at {} ({}{})",
+                r.at.to_rfc3339(),
+                if r.hard { "hard: " } else { "soft: " },
+                r.reason
+            ),
+        }
+    }
 }
 
 impl TrustedBuilder {
     /// May a vote recorded (by the log's clock) at `at` count?
     pub fn valid_at(&self, at: DateTime<Utc>) -> bool {
-        self.not_before.is_none_or(|t| at >= t) && self.not_after.is_none_or(|t| at <= t)
+        self.check_at(at).is_ok()
+    }
+
+    /// Like [`Self::valid_at`], saying why not. The time is the archive record's, never the
+    /// signature's own creation time, which whoever holds the key can choose.
+    pub fn check_at(&self, at: DateTime<Utc>) -> Result<(), Invalid> {
+        if let Some(r) = &self.key.revoked {
+            if r.hard || at >= r.at {
+                return Err(Invalid::Revoked(r.clone()));
+            }
+        }
+        if let Some(t) = self.key.expires_at {
+            if at >= t {
+                return Err(Invalid::Expired(t));
+            }
+        }
+        if !(self.not_before.is_none_or(|t| at >= t) && self.not_after.is_none_or(|t| at <= t)) {
+            return Err(Invalid::OutsidePolicyWindow);
+        }
+        Ok(())
     }
 }
 
@@ -105,7 +199,11 @@ pub struct Policy {
     pub default_threshold: usize,
     pub majority: bool,
     pub require_witness: bool,
+    /// Witnesses whose cosignatures count (verifier keys checked by the coordinator).
+    pub witnesses: Vec<RawWitness>,
     pub developer_mismatch_holds: bool,
+    /// Hold when the builders agree but the distribution's binaries differ.
+    pub official_mismatch_holds: bool,
     pub builders: Vec<TrustedBuilder>,
     pub builder_keyring: Keyring,
     pub developer_keyring: Keyring,
@@ -150,6 +248,15 @@ impl Policy {
                 )))
             }
         };
+        let official_mismatch_holds = match raw.official_mismatch.as_deref() {
+            None | Some("flag") => false,
+            Some("hold") => true,
+            Some(other) => {
+                return Err(invalid(format!(
+                    "official_mismatch must be \"flag\" or \"hold\", not {other:?}"
+                )))
+            }
+        };
         let mut rules = Vec::new();
         for r in &raw.packages {
             if r.threshold == 0 {
@@ -164,11 +271,30 @@ impl Policy {
         }
         let (builders, builder_keyring) = load_identities(&raw.builders, base)?;
         let (_, developer_keyring) = load_identities(&raw.developers, base)?;
+        for w in &raw.witnesses {
+            let parts: Vec<&str> = w.key.splitn(3, '+').collect();
+            if parts.len() != 3 || parts[1].len() != 8 || parts[0].is_empty() {
+                return Err(invalid(format!(
+                    "witness {:?}: key {:?} is not a signed-note verifier key \
+                     (name+<8 hex digits>+<base64>, as `lockstep witness` prints it)",
+                    w.name, w.key
+                )));
+            }
+        }
+        if raw.require_witness && raw.witnesses.is_empty() {
+            return Err(invalid(
+                "require_witness = true but no [[witnesses]] are listed; add the witness keys \
+                 or turn require_witness off"
+                    .into(),
+            ));
+        }
         Ok(Policy {
             default_threshold,
             majority: raw.majority,
             require_witness: raw.require_witness,
+            witnesses: raw.witnesses.clone(),
             developer_mismatch_holds,
+            official_mismatch_holds,
             builders,
             builder_keyring,
             developer_keyring,
@@ -224,7 +350,15 @@ fn load_identities(
                 fingerprint,
                 not_before: b.not_before,
                 not_after: b.not_after,
+                key: KeyValidity::default(),
             });
+        }
+    }
+    // Validity from the merged certificates: a revocation in a second file listing the same key
+    // applies too.
+    for t in &mut out {
+        if let Some(cert) = ring.get(&t.fingerprint) {
+            t.key = crate::signing::key_validity(cert);
         }
     }
     Ok((out, ring))

@@ -63,6 +63,8 @@ fn short(fpr: &str) -> &str {
 pub fn evaluate(policy: &Policy, source: &str, votes: &[Vote], failures: &[Failure]) -> Outcome {
     let threshold = policy.threshold_for(source);
     let mut ignored = Vec::new();
+    // Votes discounted because their key was revoked: if that leaves too few, hold (fail closed).
+    let mut revoked: Vec<String> = Vec::new();
     // One entry per identity: its distinct artifact sets and statements.
     let mut by_identity: BTreeMap<String, (Vec<Vec<ArtifactDigest>>, Vec<Sha256Digest>)> =
         BTreeMap::new();
@@ -71,8 +73,14 @@ pub fn evaluate(policy: &Policy, source: &str, votes: &[Vote], failures: &[Failu
             ignored.push(format!("{} (not a trusted builder)", short(&v.fingerprint)));
             continue;
         };
-        if !builder.valid_at(v.recorded_at) {
-            ignored.push(format!("{} (outside its validity)", builder.name));
+        if let Err(why) = builder.check_at(v.recorded_at) {
+            let note = format!("{} {} ({why})", builder.name, short(&builder.fingerprint));
+            if matches!(why, crate::policy::Invalid::Revoked(_)) && !revoked.contains(&note) {
+                revoked.push(note.clone());
+            }
+            if !ignored.contains(&note) {
+                ignored.push(note);
+            }
             continue;
         }
         let mut set = v.artifacts.clone();
@@ -179,6 +187,15 @@ pub fn evaluate(policy: &Policy, source: &str, votes: &[Vote], failures: &[Failu
         return outcome;
     }
 
+    if !revoked.is_empty() {
+        outcome.state = State::Hold;
+        outcome.reason = format!(
+            "{agreeing} of {threshold} agreeing attestations after discounting revoked keys: {}",
+            revoked.join(", ")
+        );
+        return outcome;
+    }
+
     // Can the threshold still be reached?
     let mut failed: Vec<&Failure> = failures
         .iter()
@@ -237,13 +254,16 @@ mod tests {
             default_threshold: k,
             majority: false,
             require_witness: false,
+            witnesses: Vec::new(),
             developer_mismatch_holds: false,
+            official_mismatch_holds: false,
             builders: (0..n)
                 .map(|i| TrustedBuilder {
                     name: format!("b{i}"),
                     fingerprint: format!("{i:040X}"),
                     not_before: None,
                     not_after: None,
+                    key: Default::default(),
                 })
                 .collect(),
             builder_keyring: Keyring::new(),
@@ -310,6 +330,31 @@ mod tests {
             State::Ship,
             "majority only when the policy says so"
         );
+    }
+
+    #[test]
+    fn a_revoked_key_discounts_its_votes_and_holds_and_expiry_uses_the_log_time() {
+        let mut p = policy(2, 2);
+        p.builders[1].key.revoked = Some(crate::policy::Revocation {
+            at: Utc::now(),
+            hard: true,
+            reason: "key compromised".into(),
+        });
+        let o = evaluate(&p, "hello", &[vote(0, b"a"), vote(1, b"a")], &[]);
+        assert_eq!(o.state, State::Hold, "{o:?}");
+        assert!(
+            o.reason.contains("b1") && o.reason.contains("revoked"),
+            "{}",
+            o.reason
+        );
+        let mut p = policy(2, 2);
+        p.builders[1].key.expires_at = Some(Utc::now() - chrono::Duration::hours(1));
+        let o = evaluate(&p, "hello", &[vote(0, b"a"), vote(1, b"a")], &[]);
+        assert_eq!(o.state, State::Pending, "recorded after expiry: {o:?}");
+        let mut early = vote(1, b"a");
+        early.recorded_at = Utc::now() - chrono::Duration::hours(2);
+        let o = evaluate(&p, "hello", &[vote(0, b"a"), early], &[]);
+        assert_eq!(o.state, State::Ship, "recorded before expiry: {o:?}");
     }
 
     #[test]

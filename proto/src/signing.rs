@@ -416,6 +416,50 @@ impl VerificationHelper for Helper<'_> {
     }
 }
 
+/// Expiry and revocation of a certificate, as [`crate::policy`] judges votes against them.
+///
+/// Verification itself runs at the current time, so sequoia refuses signatures from keys that are
+/// revoked or expired *now* only as of the signature's own creation time, which the signer chooses.
+/// The coordinator therefore also compares the archive's record time against what this returns.
+pub fn key_validity(cert: &Cert) -> crate::policy::KeyValidity {
+    use openpgp::types::{RevocationStatus, RevocationType};
+    let policy = StandardPolicy::new();
+    let expires_at = cert
+        .with_policy(&policy, None)
+        .ok()
+        .and_then(|vc| vc.primary_key().key_expiration_time())
+        .map(DateTime::<Utc>::from);
+    let sigs = match cert.revocation_status(&policy, None) {
+        RevocationStatus::Revoked(sigs) => sigs,
+        _ => Vec::new(),
+    };
+    let revoked = sigs
+        .iter()
+        .map(|sig| {
+            let (hard, reason) = match sig.reason_for_revocation() {
+                Some((code, text)) => (
+                    code.revocation_type() == RevocationType::Hard,
+                    format!("{code}: {}", String::from_utf8_lossy(text)),
+                ),
+                None => (true, "no reason given".to_string()),
+            };
+            crate::policy::Revocation {
+                at: sig
+                    .signature_creation_time()
+                    .map(DateTime::<Utc>::from)
+                    .unwrap_or(DateTime::<Utc>::MIN_UTC),
+                hard,
+                reason,
+            }
+        })
+        // A hard revocation wins over a soft one; among equals the earliest counts.
+        .min_by_key(|r| (!r.hard, r.at));
+    crate::policy::KeyValidity {
+        expires_at,
+        revoked,
+    }
+}
+
 /// Writes a certificate in binary form to `path` (for `gpgv --keyring`).
 pub fn write_binary_keyring(certs: &[Cert], path: &Path) -> Result<(), SigningError> {
     let mut out = Vec::new();

@@ -268,6 +268,14 @@ pub struct Decision {
     pub artifacts: Vec<ArtifactDigest>,
     /// Builders whose artifacts differ from the others, when held for disagreement.
     pub dissenters: Vec<String>,
+    /// Developer uploads whose binaries differ from the builders' agreed bytes (flagged; they
+    /// hold the package under `developer_mismatch = "hold"`). Omitted when empty, so decisions
+    /// recorded before this field existed keep their canonical bytes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub developer_mismatch: Vec<String>,
+    /// How the agreed bytes compare with the distribution's published binaries, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub official: Option<OfficialComparison>,
     /// The decision this one supersedes, by digest of its canonical bytes.
     pub supersedes: Option<Sha256Digest>,
     pub decided_at: DateTime<Utc>,
@@ -296,6 +304,56 @@ pub struct StatusEntry {
     pub job_ids: Vec<String>,
     pub failures: Vec<FailureSummary>,
     pub decided_at: Option<DateTime<Utc>>,
+    /// Developer uploads whose binaries differ from the builders' agreed bytes, one line each.
+    #[serde(default)]
+    pub developer_mismatch: Vec<String>,
+    /// How the rebuilt bytes compare with the distribution's published binaries, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub official: Option<OfficialComparison>,
+}
+
+/// The verdict on a package against the distribution's own binaries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OfficialVerdict {
+    /// The builders agree and every published binary is byte-for-byte what they built.
+    Reproduces,
+    /// The builders agree but at least one published binary differs.
+    OfficialDiffers,
+    /// The builders disagree among themselves.
+    BuildersDisagree,
+    /// Not enough builders have attested yet.
+    Pending,
+}
+
+impl OfficialVerdict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OfficialVerdict::Reproduces => "reproduces the official bytes",
+            OfficialVerdict::OfficialDiffers => "official bytes differ",
+            OfficialVerdict::BuildersDisagree => "builders disagree",
+            OfficialVerdict::Pending => "pending",
+        }
+    }
+}
+
+/// One published binary against the rebuilt one of the same name.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OfficialArtifact {
+    pub name: String,
+    /// What the distribution published (None: it publishes no file of this name, e.g. dbgsym).
+    pub official: Option<Sha256Digest>,
+    /// What the agreeing builders produced (None: they did not produce it).
+    pub rebuilt: Option<Sha256Digest>,
+    /// `identical`, `differs`, `not-published` or `not-rebuilt`.
+    pub result: String,
+}
+
+/// The comparison with the distribution's published binaries.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OfficialComparison {
+    pub verdict: OfficialVerdict,
+    pub artifacts: Vec<OfficialArtifact>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -307,7 +365,7 @@ pub struct FailureSummary {
 }
 
 /// Agent phases, published as events and shown by `enqueue --wait`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Phase {
     Fetching,
@@ -320,6 +378,32 @@ pub enum Phase {
     Failed,
 }
 
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Fetching => "fetching",
+            Phase::Preparing => "preparing",
+            Phase::Building => "building",
+            Phase::Hashing => "hashing",
+            Phase::Signing => "signing",
+            Phase::Uploading => "uploading",
+            Phase::Done => "done",
+            Phase::Failed => "failed",
+        }
+    }
+
+    /// Whether the job is over for this agent.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Phase::Done | Phase::Failed)
+    }
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// An agent's heartbeat or phase change.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct AgentEvent {
@@ -329,4 +413,11 @@ pub struct AgentEvent {
     pub source: Option<String>,
     pub phase: Option<Phase>,
     pub at: DateTime<Utc>,
+    /// Debian architectures this agent builds (e.g. `amd64`, `all`); empty from older agents.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub architectures: Vec<String>,
+    /// The agent's heartbeat interval in seconds: the coordinator calls an agent stale after
+    /// three missed heartbeats. Absent from older agents (the default interval is assumed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat_secs: Option<u64>,
 }

@@ -53,7 +53,10 @@ pub struct Vhost {
 
 impl Vhost {
     pub fn create(prefix: &str) -> anyhow::Result<Vhost> {
-        let name = format!("test-{prefix}-{}", std::process::id() as u64 * 1000 + rand_suffix());
+        let name = format!(
+            "test-{prefix}-{}",
+            std::process::id() as u64 * 1000 + rand_suffix()
+        );
         rabbitmqctl(&["add_vhost", &name])?;
         rabbitmqctl(&["set_permissions", "-p", &name, "guest", ".*", ".*", ".*"])?;
         Ok(Vhost { name })
@@ -61,7 +64,11 @@ impl Vhost {
 
     /// AMQP URL of this vhost.
     pub fn url(&self) -> String {
-        format!("amqp://guest:guest@127.0.0.1:{}/{}", rabbit_port(), self.name)
+        format!(
+            "amqp://guest:guest@127.0.0.1:{}/{}",
+            rabbit_port(),
+            self.name
+        )
     }
 }
 
@@ -119,6 +126,8 @@ pub struct Cluster {
     pub agents: Vec<AgentInfo>,
     pub vhost: Vhost,
     pub coordinator: std::sync::Arc<lockstep_coordinator::service::Service>,
+    /// Each agent's build runtime, in agent order (for container audits).
+    pub runtimes: Vec<std::sync::Arc<lockstep_agent::runtime::Runtime>>,
     shutdown: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -129,6 +138,12 @@ pub struct ClusterOptions {
     pub threshold: usize,
     /// Maximum build time of each agent.
     pub max_build: Duration,
+    /// Memory limit of each build container (agent default when `None`).
+    pub memory_bytes: Option<i64>,
+    /// Process limit of each build container (agent default when `None`).
+    pub pids_limit: Option<i64>,
+    /// Builder queue delivery limit (coordinator default when `None`).
+    pub delivery_limit: Option<u32>,
 }
 
 impl Default for ClusterOptions {
@@ -137,6 +152,9 @@ impl Default for ClusterOptions {
             agents: 2,
             threshold: 2,
             max_build: Duration::from_secs(1800),
+            memory_bytes: None,
+            pids_limit: None,
+            delivery_limit: None,
         }
     }
 }
@@ -161,6 +179,8 @@ impl Cluster {
                 amqp_url: Some(vhost.url()),
                 image_recipe: Some(repo_root().join("containers/build-image")),
                 max_build_secs: Some(opts.max_build.as_secs()),
+                memory_bytes: opts.memory_bytes,
+                pids_limit: opts.pids_limit,
                 ..Default::default()
             };
             agent_cfgs.push(cfg);
@@ -179,12 +199,16 @@ impl Cluster {
             });
         }
         std::fs::write(coord_dir.join("policy.toml"), policy)?;
-        let cfg = lockstep_coordinator::Config::for_data_dir(&coord_dir, &vhost.url());
+        let mut cfg = lockstep_coordinator::Config::for_data_dir(&coord_dir, &vhost.url());
+        if let Some(limit) = opts.delivery_limit {
+            cfg.delivery_limit = limit;
+        }
         let server = lockstep_coordinator::Server::build(cfg).await?;
         let url = server.url();
         let coordinator = server.service.clone();
         let shutdown = CancellationToken::new();
         let mut tasks = Vec::new();
+        let mut runtimes = Vec::new();
         let s = shutdown.clone();
         tasks.push(tokio::spawn(async move {
             if let Err(e) = server.run(s).await {
@@ -198,6 +222,7 @@ impl Cluster {
             let agent = lockstep_agent::Agent::build(cfg, &s)
                 .await?
                 .context("agent build cancelled")?;
+            runtimes.push(agent.worker.runtime.clone());
             tasks.push(tokio::spawn(async move {
                 if let Err(e) = agent.run(s).await {
                     eprintln!("agent: {e:#}");
@@ -210,6 +235,7 @@ impl Cluster {
             agents,
             vhost,
             coordinator,
+            runtimes,
             shutdown,
             tasks,
         })
@@ -240,7 +266,10 @@ impl Cluster {
     ) -> anyhow::Result<Vec<StatusEntry>> {
         let started = Instant::now();
         loop {
-            let rows = self.coordinator.status(Some(source)).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let rows = self
+                .coordinator
+                .status(Some(source))
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
             if !rows.is_empty() && rows.iter().all(|r| r.state != State::Pending) {
                 return Ok(rows);
             }
@@ -288,7 +317,7 @@ pub fn synthetic_package(
          binary binary-arch binary-indep: build\n\
          \tmkdir -p debian/tmp/DEBIAN debian/tmp/usr/share/{name}\n\
          \techo 'hello from {name}' > debian/tmp/usr/share/{name}/hello.txt\n\
-         \tdpkg-gencontrol -P debian/tmp\n\
+         \tdpkg-gencontrol -Pdebian/tmp\n\
          \tdpkg-deb --root-owner-group --build debian/tmp ..\n"
     );
     std::fs::write(src.join("debian/rules"), rules)?;
@@ -313,4 +342,541 @@ pub fn synthetic_package(
         );
     }
     Ok(dir.join(format!("{name}_{version}.dsc")))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fault suite helpers (issue 6, `tests/tests/fault_*.rs`).
+
+/// Like [`synthetic_package`], but with a whole `debian/rules` and extra files (paths relative to
+/// the source tree, e.g. `debian/hostile.sh`). The rules must build `../<name>_<version>_*.deb`.
+pub fn synthetic_package_rules(
+    dir: &Path,
+    name: &str,
+    version: &str,
+    rules: &str,
+    extra_files: &[(&str, &str)],
+) -> anyhow::Result<PathBuf> {
+    let src = dir.join(format!("{name}-{version}"));
+    std::fs::create_dir_all(src.join("debian/source"))?;
+    std::fs::write(src.join("debian/source/format"), "3.0 (native)\n")?;
+    std::fs::write(
+        src.join("debian/control"),
+        format!(
+            "Source: {name}\nSection: misc\nPriority: optional\nMaintainer: Lockstep Tests <tests@lockstep.invalid>\n\
+             Build-Depends:\nStandards-Version: 4.6.2\nRules-Requires-Root: no\n\n\
+             Package: {name}\nArchitecture: any\nDescription: Lockstep test package\n a tiny package made by the test suite\n"
+        ),
+    )?;
+    std::fs::write(
+        src.join("debian/changelog"),
+        format!(
+            "{name} ({version}) unstable; urgency=medium\n\n  * Test package.\n\n -- Lockstep Tests <tests@lockstep.invalid>  Wed, 25 Nov 2026 12:00:00 +0000\n"
+        ),
+    )?;
+    std::fs::write(src.join("debian/rules"), rules)?;
+    for (rel, text) in extra_files {
+        let p = src.join(rel);
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::write(p, text)?;
+    }
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(
+            src.join("debian/rules"),
+            std::fs::Permissions::from_mode(0o755),
+        )?;
+    }
+    let out = Command::new("dpkg-source")
+        .arg("-b")
+        .arg(src.file_name().expect("has a name"))
+        .current_dir(dir)
+        .output()
+        .context("running dpkg-source (install dpkg-dev)")?;
+    if !out.status.success() {
+        bail!(
+            "dpkg-source -b failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(dir.join(format!("{name}_{version}.dsc")))
+}
+
+/// Runs `rabbitmqctl -n <node> <args>` and returns its standard output.
+pub fn rabbitmqctl_output(args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new("rabbitmqctl")
+        .arg("-n")
+        .arg(rabbit_node())
+        .args(args)
+        .output()
+        .context("running rabbitmqctl")?;
+    if !out.status.success() {
+        bail!(
+            "rabbitmqctl {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// (ready, unacked) message counts of every queue of `vhost`, by queue name.
+pub fn queue_counts(vhost: &str) -> anyhow::Result<Vec<(String, u64, u64)>> {
+    let text = rabbitmqctl_output(&[
+        "list_queues",
+        "-p",
+        vhost,
+        "--quiet",
+        "--no-table-headers",
+        "name",
+        "messages_ready",
+        "messages_unacknowledged",
+    ])?;
+    Ok(text
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            match f.as_slice() {
+                [n, r, u] => Some((n.to_string(), r.parse().ok()?, u.parse().ok()?)),
+                _ => None,
+            }
+        })
+        .collect())
+}
+
+/// A message taken from the dead-letter queue, with what RabbitMQ recorded about its death.
+#[derive(Debug)]
+pub struct DeadLetter {
+    pub body: Vec<u8>,
+    /// `x-death` entries rendered as `queue=… reason=… count=…`.
+    pub deaths: Vec<String>,
+    /// `x-first-death-reason` (RabbitMQ sets it on the first dead-lettering).
+    pub first_reason: Option<String>,
+}
+
+fn amqp_text(v: &lapin::types::AMQPValue) -> String {
+    use lapin::types::AMQPValue;
+    match v {
+        AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+        AMQPValue::ShortString(s) => s.as_str().to_owned(),
+        AMQPValue::LongLongInt(n) => n.to_string(),
+        AMQPValue::LongInt(n) => n.to_string(),
+        other => format!("{other:?}"),
+    }
+}
+
+/// Takes (and acks) every message in `lockstep.dead` of `vhost_url`.
+pub async fn drain_dead_letters(vhost_url: &str) -> anyhow::Result<Vec<DeadLetter>> {
+    use lapin::options::{BasicAckOptions, BasicGetOptions};
+    use lapin::types::AMQPValue;
+    let conn = lapin::Connection::connect(vhost_url, lapin::ConnectionProperties::default())
+        .await
+        .context("connecting to RabbitMQ")?;
+    let ch = conn.create_channel().await?;
+    let mut out = Vec::new();
+    while let Some(msg) = ch
+        .basic_get(
+            lockstep_proto::v1::DEAD_LETTER_QUEUE.into(),
+            BasicGetOptions::default(),
+        )
+        .await?
+    {
+        let mut deaths = Vec::new();
+        let mut first_reason = None;
+        if let Some(headers) = msg.delivery.properties.headers() {
+            for (k, v) in headers.inner() {
+                if k.as_str() == "x-first-death-reason" {
+                    first_reason = Some(amqp_text(v));
+                }
+                if k.as_str() == "x-death" {
+                    if let AMQPValue::FieldArray(arr) = v {
+                        for d in arr.as_slice() {
+                            if let AMQPValue::FieldTable(t) = d {
+                                let get =
+                                    |n: &str| t.inner().get(n).map(amqp_text).unwrap_or_default();
+                                deaths.push(format!(
+                                    "queue={} reason={} count={}",
+                                    get("queue"),
+                                    get("reason"),
+                                    get("count")
+                                ));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        msg.delivery.ack(BasicAckOptions::default()).await?;
+        out.push(DeadLetter {
+            body: msg.delivery.data.clone(),
+            deaths,
+            first_reason,
+        });
+    }
+    let _ = conn.close(200, "done".into()).await;
+    Ok(out)
+}
+
+/// Publishes raw bytes straight to a queue of `vhost_url` (default exchange), confirmed.
+pub async fn publish_raw(vhost_url: &str, queue: &str, body: &[u8]) -> anyhow::Result<()> {
+    use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+    let conn = lapin::Connection::connect(vhost_url, lapin::ConnectionProperties::default())
+        .await
+        .context("connecting to RabbitMQ")?;
+    let ch = conn.create_channel().await?;
+    ch.confirm_select(ConfirmSelectOptions::default()).await?;
+    let confirm = ch
+        .basic_publish(
+            "".into(),
+            queue.into(),
+            BasicPublishOptions {
+                mandatory: true,
+                ..Default::default()
+            },
+            body,
+            lapin::BasicProperties::default().with_delivery_mode(2),
+        )
+        .await?
+        .await?;
+    anyhow::ensure!(
+        matches!(confirm, lapin::Confirmation::Ack(None)),
+        "publish to {queue} not confirmed: {confirm:?}"
+    );
+    let _ = conn.close(200, "done".into()).await;
+    Ok(())
+}
+
+/// Environment variable that turns a re-executed test binary into an agent process
+/// ([`run_agent_child`]).
+pub const AGENT_CHILD_ENV: &str = "LOCKSTEP_TEST_AGENT_CHILD";
+
+/// When [`AGENT_CHILD_ENV`] is set, runs a real agent configured from `LOCKSTEP__*` (exactly as
+/// `lockstep-agent` does) until SIGTERM or SIGKILL, and returns `true`; otherwise returns
+/// `false` at once. A fault test calls it from a test named in its [`AgentProgram::SelfExec`],
+/// so the test binary can be started as an agent built with this test build's features (the
+/// `failpoints` crash injection).
+pub fn run_agent_child() -> bool {
+    if std::env::var_os(AGENT_CHILD_ENV).is_none() {
+        return false;
+    }
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
+    let rt = tokio::runtime::Runtime::new().expect("a tokio runtime");
+    let result: anyhow::Result<()> = rt.block_on(async {
+        let cfg = lockstep_agent::RawConfig::load(None)?.resolve()?;
+        let shutdown = CancellationToken::new();
+        let stop = shutdown.clone();
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::spawn(async move {
+            term.recv().await;
+            stop.cancel();
+        });
+        let Some(agent) = lockstep_agent::Agent::build(cfg, &shutdown).await? else {
+            return Ok(());
+        };
+        agent.run(shutdown).await
+    });
+    if let Err(e) = result {
+        eprintln!("agent child: {e:#}");
+        std::process::exit(1);
+    }
+    true
+}
+
+/// How a [`ProcCluster`] starts its agent processes.
+#[derive(Clone, Debug)]
+pub enum AgentProgram {
+    /// The real `lockstep-agent` binary of the workspace ([`lockstep_bin`]).
+    Binary(PathBuf),
+    /// This test binary again, running only the named test, which calls [`run_agent_child`].
+    SelfExec(String),
+}
+
+/// A coordinator in this process and agents as separate processes, which a test can SIGKILL
+/// and restart (T01, T02, T05).
+pub struct ProcCluster {
+    pub url: String,
+    pub dir: tempfile::TempDir,
+    pub agents: Vec<AgentInfo>,
+    pub vhost: Vhost,
+    pub coordinator: std::sync::Arc<lockstep_coordinator::service::Service>,
+    program: AgentProgram,
+    max_build: Duration,
+    procs: Vec<Option<std::process::Child>>,
+    shutdown: CancellationToken,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl ProcCluster {
+    /// Starts the coordinator and `opts.agents` agent processes.
+    pub async fn start(
+        name: &str,
+        opts: ClusterOptions,
+        program: AgentProgram,
+    ) -> anyhow::Result<ProcCluster> {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("lockstep-{name}-"))
+            .tempdir()
+            .context("creating the test dir")?;
+        let vhost = Vhost::create(name)?;
+        let coord_dir = dir.path().join("coordinator");
+        std::fs::create_dir_all(coord_dir.join("keys"))?;
+        let mut agents = Vec::new();
+        let mut policy = format!("default_threshold = {}\n", opts.threshold);
+        for i in 1..=opts.agents {
+            let name = format!("agent-{i}");
+            let resolved = lockstep_agent::RawConfig {
+                name: Some(name.clone()),
+                state_dir: Some(dir.path().join(&name)),
+                ..Default::default()
+            }
+            .resolve()?;
+            let (key, _) = lockstep_agent::agent::load_key(&resolved)?;
+            let public_key = coord_dir.join(format!("keys/{name}.asc"));
+            std::fs::write(&public_key, key.public_armored()?)?;
+            policy.push_str(&format!(
+                "\n[[builders]]\nname = \"{name}\"\nkey = \"keys/{name}.asc\"\n"
+            ));
+            agents.push(AgentInfo {
+                name,
+                fingerprint: key.fingerprint(),
+                state_dir: resolved.state_dir.clone(),
+                public_key,
+            });
+        }
+        std::fs::write(coord_dir.join("policy.toml"), policy)?;
+        let mut cfg = lockstep_coordinator::Config::for_data_dir(&coord_dir, &vhost.url());
+        if let Some(limit) = opts.delivery_limit {
+            cfg.delivery_limit = limit;
+        }
+        let server = lockstep_coordinator::Server::build(cfg).await?;
+        let url = server.url();
+        let coordinator = server.service.clone();
+        let shutdown = CancellationToken::new();
+        let s = shutdown.clone();
+        let task = tokio::spawn(async move {
+            if let Err(e) = server.run(s).await {
+                eprintln!("coordinator: {e:#}");
+            }
+        });
+        let n = agents.len();
+        let mut c = ProcCluster {
+            url,
+            dir,
+            agents,
+            vhost,
+            coordinator,
+            program,
+            max_build: opts.max_build,
+            procs: (0..n).map(|_| None).collect(),
+            shutdown,
+            task: Some(task),
+        };
+        for i in 0..n {
+            c.start_agent(i, &[])?;
+        }
+        Ok(c)
+    }
+
+    /// The log file of agent `i` (all its runs, appended).
+    pub fn agent_log(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("{}.log", self.agents[i].name))
+    }
+
+    /// Starts agent `i` (index into `agents`) with extra environment variables.
+    pub fn start_agent(&mut self, i: usize, env: &[(&str, &str)]) -> anyhow::Result<()> {
+        anyhow::ensure!(self.procs[i].is_none(), "agent {i} is already running");
+        let a = &self.agents[i];
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.agent_log(i))?;
+        let mut cmd = match &self.program {
+            AgentProgram::Binary(p) => Command::new(p),
+            AgentProgram::SelfExec(test) => {
+                let mut c = Command::new(std::env::current_exe()?);
+                c.args([test.as_str(), "--exact", "--nocapture", "--test-threads=1"])
+                    .env(AGENT_CHILD_ENV, "1");
+                c
+            }
+        };
+        cmd.env("LOCKSTEP__NAME", &a.name)
+            .env("LOCKSTEP__STATE_DIR", &a.state_dir)
+            .env("LOCKSTEP__COORDINATOR_URL", &self.url)
+            .env("LOCKSTEP__AMQP_URL", self.vhost.url())
+            .env(
+                "LOCKSTEP__IMAGE_RECIPE",
+                repo_root().join("containers/build-image"),
+            )
+            .env(
+                "LOCKSTEP__MAX_BUILD_SECS",
+                self.max_build.as_secs().to_string(),
+            )
+            .env("LOCKSTEP__STOP_GRACE_SECS", "2")
+            .env("LOCKSTEP__SHUTDOWN_GRACE_SECS", "5")
+            .env(
+                "RUST_LOG",
+                std::env::var("LOCKSTEP_TEST_AGENT_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .env_remove("LOCKSTEP_FAILPOINT")
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        self.procs[i] = Some(cmd.spawn().context("starting an agent process")?);
+        Ok(())
+    }
+
+    /// SIGKILLs agent `i` (by its child handle) and reaps it. No-op if it is not running.
+    pub fn kill_agent(&mut self, i: usize) {
+        if let Some(mut child) = self.procs[i].take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Whether agent `i` is running; reaps it if it exited (e.g. at a failpoint).
+    pub fn agent_running(&mut self, i: usize) -> bool {
+        match self.procs[i].as_mut().map(|c| c.try_wait()) {
+            Some(Ok(None)) => true,
+            Some(_) => {
+                self.procs[i] = None;
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// Polls until every one of `sources` (one version each) is decided (not pending).
+    pub async fn wait_all_decided(
+        &self,
+        sources: &[String],
+        timeout: Duration,
+    ) -> anyhow::Result<Vec<StatusEntry>> {
+        let started = Instant::now();
+        loop {
+            let mut rows = Vec::new();
+            for s in sources {
+                rows.extend(
+                    self.coordinator
+                        .status(Some(s))
+                        .map_err(|e| anyhow::anyhow!("{e}"))?,
+                );
+            }
+            if rows.len() == sources.len() && rows.iter().all(|r| r.state != State::Pending) {
+                return Ok(rows);
+            }
+            if started.elapsed() > timeout {
+                let pending: Vec<_> = rows
+                    .iter()
+                    .filter(|r| r.state == State::Pending)
+                    .map(|r| r.source.clone())
+                    .collect();
+                bail!(
+                    "still pending after {timeout:?}: {pending:?} ({} rows)",
+                    rows.len()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// Runs the `lockstep` CLI against this cluster.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(lockstep_bin("lockstep"))
+            .args(args)
+            .env("LOCKSTEP_COORDINATOR", &self.url)
+            .output()
+            .expect("the lockstep binary runs")
+    }
+
+    /// Kills every agent process and stops the coordinator.
+    pub async fn stop(mut self) {
+        for i in 0..self.procs.len() {
+            self.kill_agent(i);
+        }
+        self.shutdown.cancel();
+        if let Some(t) = self.task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(60), t).await;
+        }
+    }
+}
+
+impl Drop for ProcCluster {
+    fn drop(&mut self) {
+        for i in 0..self.procs.len() {
+            self.kill_agent(i);
+        }
+        self.shutdown.cancel();
+    }
+}
+
+/// Uploads a `.dsc` and its files (everything next to it with the same `<name>_` prefix) and
+/// enqueues it through the coordinator's HTTP API; returns the job ids.
+pub async fn enqueue_dsc_http(url: &str, dsc: &Path) -> anyhow::Result<Vec<String>> {
+    let dir = dsc.parent().context("the .dsc has a directory")?;
+    let http = reqwest::Client::new();
+    let dsc_bytes = std::fs::read(dsc)?;
+    let text = String::from_utf8_lossy(&dsc_bytes).into_owned();
+    let mut names = Vec::new();
+    let mut in_files = false;
+    for line in text.lines() {
+        if line.starts_with("Files:") || line.starts_with("Checksums-Sha256:") {
+            in_files = line.starts_with("Checksums-Sha256:");
+            continue;
+        }
+        if in_files {
+            if let Some(rest) = line.strip_prefix(' ') {
+                if let Some(n) = rest.split_whitespace().nth(2) {
+                    names.push(n.to_string());
+                }
+            } else {
+                in_files = false;
+            }
+        }
+    }
+    for n in names {
+        let bytes = std::fs::read(dir.join(&n)).with_context(|| format!("reading {n}"))?;
+        let digest = lockstep_proto::Sha256Digest::of(&bytes);
+        let r = http
+            .put(format!("{url}/api/v1/blobs/{digest}"))
+            .body(bytes)
+            .send()
+            .await?;
+        anyhow::ensure!(r.status().is_success(), "uploading {n}: {}", r.status());
+    }
+    let digest = lockstep_proto::Sha256Digest::of(&dsc_bytes);
+    let r = http
+        .put(format!("{url}/api/v1/blobs/{digest}"))
+        .body(dsc_bytes)
+        .send()
+        .await?;
+    anyhow::ensure!(
+        r.status().is_success(),
+        "uploading the .dsc: {}",
+        r.status()
+    );
+    let r = http
+        .post(format!("{url}/api/v1/jobs/dsc"))
+        .json(&serde_json::json!({ "dsc_sha256": digest, "rebuild": false }))
+        .send()
+        .await?;
+    anyhow::ensure!(r.status().is_success(), "enqueue: {}", r.status());
+    let v: serde_json::Value = r.json().await?;
+    Ok(v["jobs"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|j| j["job_id"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default())
 }

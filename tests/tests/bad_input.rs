@@ -19,11 +19,14 @@ fn stderr(o: &std::process::Output) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_packages_and_versions_are_refused_with_a_reason() {
-    let c = Cluster::start("bad-pkg", no_agents()).await.expect("cluster");
+    let c = Cluster::start("bad-pkg", no_agents())
+        .await
+        .expect("cluster");
     let out = c.cli(&["enqueue", "no-such-package-lockstep"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
-        stderr(&out).contains("no-such-package-lockstep") && stderr(&out).contains("source package"),
+        stderr(&out).contains("no-such-package-lockstep")
+            && stderr(&out).contains("source package"),
         "{}",
         stderr(&out)
     );
@@ -32,16 +35,25 @@ async fn unknown_packages_and_versions_are_refused_with_a_reason() {
     assert!(stderr(&out).contains("9.9.9-9"), "{}", stderr(&out));
     let out = c.cli(&["enqueue", "--from-file", "/nonexistent/list"]);
     assert_ne!(out.status.code(), Some(0));
-    assert!(stderr(&out).contains("/nonexistent/list"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("/nonexistent/list"),
+        "{}",
+        stderr(&out)
+    );
     let out = c.cli(&["enqueue", "-oDebug::X=1"]);
     assert_ne!(out.status.code(), Some(0), "option-like names are refused");
-    assert!(c.coordinator.jobs.keys(None).expect("keys").is_empty(), "no job was created");
+    assert!(
+        c.coordinator.jobs.keys(None).expect("keys").is_empty(),
+        "no job was created"
+    );
     c.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dsc_whose_files_do_not_match_is_refused_and_nothing_is_enqueued() {
-    let c = Cluster::start("bad-dsc", no_agents()).await.expect("cluster");
+    let c = Cluster::start("bad-dsc", no_agents())
+        .await
+        .expect("cluster");
     let dir = tempfile::tempdir().expect("tempdir");
     let dsc = synthetic_package(dir.path(), "lockstep-bad", "1.0", "true").expect("package");
     // Corrupt the tarball after dpkg-source wrote its checksum into the .dsc.
@@ -62,7 +74,11 @@ async fn a_dsc_whose_files_do_not_match_is_refused_and_nothing_is_enqueued() {
     std::fs::write(&not_dsc, "just some text\n").expect("write");
     let out = c.cli(&["enqueue", "--dsc", not_dsc.to_str().expect("utf-8")]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("not a source package"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("not a source package"),
+        "{}",
+        stderr(&out)
+    );
     // The server refuses a .dsc whose files were never uploaded.
     let dsc2 = synthetic_package(dir.path(), "lockstep-missing", "1.0", "true").expect("package");
     let bytes = std::fs::read(&dsc2).expect("dsc");
@@ -83,7 +99,12 @@ async fn a_dsc_whose_files_do_not_match_is_refused_and_nothing_is_enqueued() {
         .expect("post");
     assert_eq!(r.status(), 422);
     let body: serde_json::Value = r.json().await.expect("json");
-    assert!(body["error"].as_str().is_some_and(|e| e.contains("was not uploaded")), "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("was not uploaded")),
+        "{body}"
+    );
     // A blob whose bytes do not match its name is refused and not stored.
     let wrong = lockstep_proto::Sha256Digest::of(b"other");
     let r = http
@@ -94,14 +115,19 @@ async fn a_dsc_whose_files_do_not_match_is_refused_and_nothing_is_enqueued() {
         .expect("put");
     assert_eq!(r.status(), 422);
     assert!(!c.coordinator.archive.has_blob(&wrong));
-    assert!(c.coordinator.jobs.keys(None).expect("keys").is_empty(), "no job was created");
+    assert!(
+        c.coordinator.jobs.keys(None).expect("keys").is_empty(),
+        "no job was created"
+    );
     c.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unroutable_publish_is_a_failed_dispatch_not_a_success() {
     // No trusted builder → no builder queue is bound → the broker returns the job.
-    let c = Cluster::start("unroutable", no_agents()).await.expect("cluster");
+    let c = Cluster::start("unroutable", no_agents())
+        .await
+        .expect("cluster");
     let dir = tempfile::tempdir().expect("tempdir");
     let dsc = synthetic_package(dir.path(), "lockstep-nobody", "1.0", "true").expect("package");
     let out = c.cli(&["enqueue", "--dsc", dsc.to_str().expect("utf-8")]);
@@ -113,7 +139,12 @@ async fn an_unroutable_publish_is_a_failed_dispatch_not_a_success() {
         .to_string();
     let mut row = None;
     for _ in 0..100 {
-        let r = c.coordinator.jobs.get(&id).expect("get").expect("job exists");
+        let r = c
+            .coordinator
+            .jobs
+            .get(&id)
+            .expect("get")
+            .expect("job exists");
         if r.dispatch_error.is_some() {
             row = Some(r);
             break;
@@ -121,13 +152,22 @@ async fn an_unroutable_publish_is_a_failed_dispatch_not_a_success() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let row = row.expect("a dispatch error is recorded");
-    assert!(row.confirmed_at.is_none(), "an unroutable job is not dispatched");
     assert!(
-        row.dispatch_error.as_deref().is_some_and(|e| e.contains("unroutable")),
+        row.confirmed_at.is_none(),
+        "an unroutable job is not dispatched"
+    );
+    assert!(
+        row.dispatch_error
+            .as_deref()
+            .is_some_and(|e| e.contains("unroutable")),
         "{:?}",
         row.dispatch_error
     );
-    assert_eq!(c.coordinator.jobs.count_unconfirmed().expect("count"), 1, "it stays in the outbox for retry");
+    assert_eq!(
+        c.coordinator.jobs.count_unconfirmed().expect("count"),
+        1,
+        "it stays in the outbox for retry"
+    );
     c.stop().await;
 }
 

@@ -33,7 +33,8 @@ async fn hello_is_rebuilt_by_two_agents_and_ships() {
     // The status contract of BRIEF.md, through the CLI.
     let out = cluster.cli(&["status", "hello", "--json"]);
     assert!(out.status.success());
-    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status --json is JSON");
+    let json: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("status --json is JSON");
     let arr = json.as_array().expect("a JSON array");
     assert_eq!(arr.len(), 1);
     let o = &arr[0];
@@ -50,13 +51,17 @@ async fn hello_is_rebuilt_by_two_agents_and_ships() {
     assert_eq!(builders.len(), 2, "two distinct fingerprints attested");
     assert_ne!(builders[0], builders[1]);
     for a in &cluster.agents {
-        assert!(builders.contains(&a.fingerprint.as_str()), "{} attested", a.name);
+        assert!(
+            builders.contains(&a.fingerprint.as_str()),
+            "{} attested",
+            a.name
+        );
     }
     let artifacts = o["artifacts"].as_array().expect("artifacts array");
-    assert!(artifacts
-        .iter()
-        .any(|a| a["name"].as_str().is_some_and(|n| n.starts_with("hello_") && n.ends_with(".deb"))
-            && a["sha256"].as_str().is_some_and(|s| s.len() == 64)));
+    assert!(artifacts.iter().any(|a| a["name"]
+        .as_str()
+        .is_some_and(|n| n.starts_with("hello_") && n.ends_with(".deb"))
+        && a["sha256"].as_str().is_some_and(|s| s.len() == 64)));
 
     // Both statements name the same bytes for every artifact.
     let records = cluster
@@ -70,8 +75,14 @@ async fn hello_is_rebuilt_by_two_agents_and_ships() {
         .map(|r| serde_json::from_slice(&r.body).expect("stored statement"))
         .collect();
     assert_eq!(statements[0].artifact_set(), statements[1].artifact_set());
-    assert_ne!(statements[0].builder.fingerprint, statements[1].builder.fingerprint);
-    assert!(statements[0].recipe.build_path.contains("/build/reproducible-path/hello-"));
+    assert_ne!(
+        statements[0].builder.fingerprint,
+        statements[1].builder.fingerprint
+    );
+    assert!(statements[0]
+        .recipe
+        .build_path
+        .contains("/build/reproducible-path/hello-"));
 
     // gpgv (GnuPG's verifier) accepts each signed .buildinfo with that agent's public key.
     let work = tempfile::tempdir().expect("tempdir");
@@ -122,14 +133,24 @@ async fn hello_is_rebuilt_by_two_agents_and_ships() {
             .arg(&tampered)
             .output()
             .expect("gpgv runs");
-        assert!(!out.status.success(), "gpgv must refuse a tampered .buildinfo");
+        assert!(
+            !out.status.success(),
+            "gpgv must refuse a tampered .buildinfo"
+        );
     }
 
     // The decision is signed and verifies through the CLI.
     let out = cluster.cli(&["decision", "hello", &row.version, &row.arch]);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
-    assert!(text.contains("SHIP") && text.contains("signature good"), "{text}");
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("SHIP") && text.contains("signature good"),
+        "{text}"
+    );
 
     cluster.stop().await;
 }

@@ -45,10 +45,17 @@ fn sample_configs_are_accepted_and_bad_config_exits_64() {
         .arg("check-config")
         .output()
         .expect("runs");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("listen = \"127.0.0.1:8440\""), "{text}");
-    assert!(text.contains("guest:***@"), "the AMQP password is redacted: {text}");
+    assert!(
+        text.contains("guest:***@"),
+        "the AMQP password is redacted: {text}"
+    );
 
     let out = Command::new(lockstep_bin("lockstep-agent"))
         .arg("--config")
@@ -56,7 +63,11 @@ fn sample_configs_are_accepted_and_bad_config_exits_64() {
         .arg("check-config")
         .output()
         .expect("runs");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let dir = tempfile::tempdir().expect("tempdir");
     let bad = dir.path().join("bad.toml");

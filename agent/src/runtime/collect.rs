@@ -241,6 +241,14 @@ mod tests {
         assert_refused(|d| std::fs::create_dir(d.join("dir_1_all.deb")).expect("mkdir"));
         assert_refused(|d| std::fs::write(d.join("..evil.deb"), b"x").expect("write"));
         assert_refused(|d| std::fs::write(d.join("sp ace.changes"), b"x").expect("write"));
+        assert_refused(|d| {
+            let fifo = d.join("fifo_1_all.deb");
+            let status = std::process::Command::new("mkfifo")
+                .arg(&fifo)
+                .status()
+                .expect("mkfifo runs");
+            assert!(status.success());
+        });
     }
 
     #[test]

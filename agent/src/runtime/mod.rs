@@ -10,7 +10,7 @@
 //! 2. **build** — from that image, as the build user (uid 1000), with network `none`, a read-only
 //!    root, no capabilities, `no-new-privileges`, pids/memory limits and only the job's build
 //!    directory mounted: `dpkg-source -x` and `dpkg-buildpackage` the way Debian's build daemons
-//!    do (see [`spec`](self) for the exact recipe).
+//!    do (the `spec` module has the exact recipe).
 //!
 //! Outputs are then collected and hashed on the host, refusing anything a hostile build could
 //! use to make the agent read other files. Containers and the temporary image are always removed.
