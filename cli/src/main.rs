@@ -21,6 +21,7 @@ mod agents;
 mod aptsource;
 mod diff;
 mod http;
+mod suite;
 mod lookup;
 mod progress;
 mod proof;
@@ -47,7 +48,7 @@ coordinator over HTTP, found from --coordinator URL or LOCKSTEP_COORDINATOR. Rea
 const AFTER_HELP: &str = "EXAMPLES:
   lockstep enqueue --wait hello              rebuild hello and watch each agent's phases
   lockstep enqueue --from-file list.txt      enqueue many packages, one per line
-  lockstep status hello --json               state, builders and artifacts per (source, version, arch)
+  lockstep status hello --json               state, builders and artifacts, as JSON
   lockstep agents                            connected agents, their phase and last heartbeat
   lockstep decision hello 2.10-3 amd64       the signed decisions, signatures checked
   lockstep diff hello 2.10-3 amd64           what differs between builders
@@ -91,6 +92,15 @@ enum Cmd {
         /// Read package names from FILE, one per line (`-` for standard input).
         #[arg(long, value_name = "FILE")]
         from_file: Option<PathBuf>,
+        /// Enqueue every source package of SUITE from the configured apt sources (e.g. bookworm).
+        #[arg(long, value_name = "SUITE", conflicts_with_all = ["dsc", "wait"])]
+        suite: Option<String>,
+        /// With --suite: only sources of this section (e.g. `misc`, `utils`).
+        #[arg(long, requires = "suite")]
+        section: Option<String>,
+        /// With --suite: at most this many sources.
+        #[arg(long, requires = "suite")]
+        limit: Option<usize>,
         /// Build again even if a job for the same version exists.
         #[arg(long)]
         rebuild: bool,
@@ -101,6 +111,12 @@ enum Cmd {
         #[arg(long, default_value_t = 3600)]
         timeout: u64,
         /// Print the enqueue result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// How much of what was checked reproduces the distribution's own binaries, by suite and
+    /// architecture.
+    Summary {
         #[arg(long)]
         json: bool,
     },
@@ -228,11 +244,21 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             packages,
             dsc,
             from_file,
+            suite,
+            section,
+            limit,
             rebuild,
             wait,
             timeout,
             json,
         } => {
+            if let Some(suite) = suite {
+                if !packages.is_empty() || from_file.is_some() {
+                    bail!("give either --suite or package names, not both");
+                }
+                return suite::enqueue_suite(&api, &suite, section.as_deref(), limit, rebuild, json)
+                    .await;
+            }
             let mut packages = packages;
             if let Some(f) = from_file {
                 packages.extend(read_package_list(&f)?);
@@ -293,6 +319,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Summary { json } => suite::summary(&api, json).await,
         Cmd::Status { source, json } => {
             let path = match &source {
                 Some(s) => format!("/api/v1/status?source={}", s.replace('+', "%2B")),

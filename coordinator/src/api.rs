@@ -78,6 +78,8 @@ pub fn router(svc: Arc<Service>) -> Router {
         .route("/api/v1/health", get(health))
         .route("/api/v1/jobs", post(enqueue))
         .route("/api/v1/jobs/dsc", post(enqueue_dsc))
+        .route("/api/v1/jobs/suite", post(enqueue_suite))
+        .route("/api/v1/summary", get(summary))
         .route("/api/v1/jobs/{id}", get(job))
         .route("/api/v1/blobs/{sha256}", put(put_blob).get(get_blob))
         .route("/api/v1/attestations", post(attest))
@@ -164,6 +166,31 @@ async fn enqueue_dsc(
             .collect(),
     );
     Ok(Json(resp).into_response())
+}
+
+async fn enqueue_suite(
+    State(svc): State<Arc<Service>>,
+    Json(req): Json<crate::suite::SuiteRequest>,
+) -> ApiResult<Response> {
+    svc.apt
+        .update_if_stale()
+        .await
+        .map_err(|e| ServiceError::Internal(e.context("refreshing the apt indices")))?;
+    let lists = svc.apt.lists_dir();
+    let r = req.clone();
+    let sources = blocking(move || {
+        crate::suite::list_sources(&lists, &r.suite, r.section.as_deref(), r.limit)
+            .map_err(|e| ServiceError::Unprocessable(format!("{e:#}")))
+    })
+    .await?;
+    let n = sources.len();
+    crate::suite::spawn_enqueue(svc.clone(), sources.clone(), req.rebuild);
+    Ok(Json(json!({ "suite": req.suite, "accepted": n, "sources": sources })).into_response())
+}
+
+async fn summary(State(svc): State<Arc<Service>>) -> ApiResult<Response> {
+    let rows = blocking(move || crate::suite::summary(&svc).map_err(ServiceError::Internal)).await?;
+    Ok(Json(rows).into_response())
 }
 
 async fn job(State(svc): State<Arc<Service>>, Path(id): Path<String>) -> ApiResult<Response> {

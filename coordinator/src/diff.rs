@@ -147,6 +147,27 @@ pub fn diff(
             }
         }
     }
+    // The distribution's published binaries (chain-checked) are one more variant to compare.
+    for r in svc
+        .archive
+        .records_for(source, version, arch, Some(crate::official::KIND))?
+    {
+        let ev: crate::official::OfficialEvidence =
+            serde_json::from_slice(&r.body).context("decoding stored official evidence")?;
+        for d in ev.debs {
+            let e = by_name
+                .entry(d.name.clone())
+                .or_default()
+                .entry(d.sha256)
+                .or_insert((d.size, Vec::new()));
+            if !e.1.iter().any(|b| b.fingerprint == crate::official::DISTRIBUTION) {
+                e.1.push(BuilderId {
+                    fingerprint: crate::official::DISTRIBUTION.into(),
+                    name: Some("the distribution's published binary".into()),
+                });
+            }
+        }
+    }
     let scratch = svc.cfg.data_dir.join("scratch");
     let mut artifacts = Vec::new();
     for (name, shas) in by_name {

@@ -11,6 +11,7 @@
 //! - [`amqp`]: broker topology, confirmed dispatch, decision publishing, reconnection.
 //! - [`official`]: the distribution's own binaries, chain-checked, as evidence.
 //! - [`service`]: the logic — enqueue, attestation checks, quorum, decisions, status.
+//! - [`suite`]: whole-suite enqueues and the reproducibility summary.
 //! - [`api`]: the HTTP API.
 //! - [`server`]: wiring: `build(config)` → `Server::run(shutdown)`.
 //! - [`debfile`]: bounded reading of `.deb` members, files and control fields.
@@ -39,6 +40,7 @@ pub mod metrics;
 pub mod official;
 pub mod server;
 pub mod service;
+pub mod suite;
 pub mod uploads;
 pub mod web;
 pub mod witness;

@@ -13,7 +13,8 @@ use tokio_util::sync::CancellationToken;
 const EXIT_CONFIG: u8 = 64;
 
 /// `--help` description, man-page style.
-const LONG_ABOUT: &str = "The Lockstep coordinator: jobs, dispatch, archive, transparency log, quorum and decisions.
+const LONG_ABOUT: &str =
+    "The Lockstep coordinator: jobs, dispatch, archive, transparency log, quorum and decisions.
 
 Takes operators' rebuild jobs, fetches and archives the source from the machine's apt sources,
 dispatches one job per trusted builder over RabbitMQ, verifies the builders' signed attestations

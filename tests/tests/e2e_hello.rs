@@ -152,5 +152,35 @@ async fn hello_is_rebuilt_by_two_agents_and_ships() {
         "{text}"
     );
 
+    // Issue 8: hello 2.10-3 was uploaded before bookworm's last toolchain update, so the
+    // distribution's .deb differs from the agreed bytes — and the diff names where.
+    let mut official = None;
+    for _ in 0..240 {
+        let rows = cluster.coordinator.status(Some("hello")).expect("status");
+        if let Some(o) = rows[0].official.clone() {
+            official = Some(o);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let official = official.expect("the distribution's binaries were recorded");
+    assert_eq!(
+        official.verdict,
+        lockstep_proto::v1::OfficialVerdict::OfficialDiffers,
+        "{official:#?}"
+    );
+    assert!(official
+        .artifacts
+        .iter()
+        .any(|a| a.name.starts_with("hello_") && a.result == "differs"));
+    let out = cluster.cli(&["status", "hello"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("official bytes differ"));
+    let out = cluster.cli(&["diff", "hello", &row.version, &row.arch]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("distribution") && text.contains("data.tar") && text.contains("./usr/bin/hello"),
+        "the diff names the differing member and file: {text}"
+    );
+
     cluster.stop().await;
 }
