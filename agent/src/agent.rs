@@ -55,6 +55,15 @@ impl Agent {
                 }
             }
         };
+        // An earlier run killed mid-job (SIGKILL, crash) left its containers running or stopped
+        // and its temporary images behind; nothing else would ever remove them.
+        match runtime.remove_leftovers(&cfg.work_root()).await {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(removed = n, "removed Docker leftovers of an earlier run"),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not remove Docker leftovers of an earlier run")
+            }
+        }
         let worker = Worker::new(cfg, key, Arc::new(runtime))?;
         Ok(Some(Agent {
             worker: Arc::new(worker),

@@ -84,9 +84,12 @@ impl Worker {
 
     /// Handles one job. Never panics on bad input; every outcome maps to a disposition.
     pub async fn handle(&self, job: &Job, cancel: CancellationToken) -> Disposition {
+        use tracing::Instrument;
         let span = tracing::info_span!("job", job = %job.job_id, source = %job.source, version = %job.version, arch = %job.arch);
-        let _e = span.enter();
-        drop(_e);
+        self.handle_in_span(job, cancel).instrument(span).await
+    }
+
+    async fn handle_in_span(&self, job: &Job, cancel: CancellationToken) -> Disposition {
         // A redelivery after a crash between upload and ack: the evidence is already stored.
         match self
             .client

@@ -126,7 +126,12 @@ impl Debs {
         d.extend_from_slice(
             format!(
                 "{:<16}{:<12}{:<6}{:<6}{:<8}{:<10}`\n",
-                "zbench", 0, 0, 0, 644, body.len()
+                "zbench",
+                0,
+                0,
+                0,
+                644,
+                body.len()
             )
             .as_bytes(),
         );
@@ -148,10 +153,7 @@ pub fn prepare(
         job.source, job.version, job.arch
     );
     let signed_bi = b.key.clearsign(bi.as_bytes()).context("clearsign")?;
-    let signed_buildinfo = svc
-        .archive
-        .put_blob(None, &signed_bi[..], u64::MAX)?
-        .digest;
+    let signed_buildinfo = svc.archive.put_blob(None, &signed_bi[..], u64::MAX)?.digest;
     let st = Statement {
         schema: STATEMENT_SCHEMA.into(),
         job_id: job.job_id.clone(),

@@ -17,7 +17,8 @@ const KIB: u64 = 1024;
 const MIB: u64 = 1024 * KIB;
 const GIB: u64 = 1024 * MIB;
 
-const BASELINE: &str = "`sha256sum` of the files, then `cp` of the files into an empty directory on \
+const BASELINE: &str =
+    "`sha256sum` of the files, then `cp` of the files into an empty directory on \
      the same filesystem, then one `sync -f` of that filesystem (put_blob instead fsyncs every \
      blob, its directory and the SQLite commit)";
 
@@ -27,12 +28,7 @@ fn plan(quick: bool) -> Vec<(u64, u64)> {
         vec![(4 * KIB, 2 * MIB), (MIB, 64 * MIB), (64 * MIB, 128 * MIB)]
     } else {
         // 4 KiB files pay one set of fsyncs each; 16 MiB of them is already 4,096 blobs.
-        vec![
-            (4 * KIB, 16 * MIB),
-            (MIB, GIB),
-            (64 * MIB, GIB),
-            (GIB, GIB),
-        ]
+        vec![(4 * KIB, 16 * MIB), (MIB, GIB), (64 * MIB, GIB), (GIB, GIB)]
     }
 }
 
@@ -71,7 +67,8 @@ pub fn run(root: &Path, quick: bool) -> anyhow::Result<()> {
 
         // Baseline.
         let dst = scratch(root, "p1-cp-")?;
-        let script = "set -e; sha256sum -- \"$@\" >/dev/null; cp -- \"$@\" \"$DST\"/; sync -f \"$DST\"";
+        let script =
+            "set -e; sha256sum -- \"$@\" >/dev/null; cp -- \"$@\" \"$DST\"/; sync -f \"$DST\"";
         let (status, base) = timed(|| {
             Command::new("sh")
                 .current_dir(src.path())
@@ -82,7 +79,10 @@ pub fn run(root: &Path, quick: bool) -> anyhow::Result<()> {
                 .args(&names)
                 .status()
         });
-        anyhow::ensure!(status.context("running the baseline")?.success(), "baseline failed");
+        anyhow::ensure!(
+            status.context("running the baseline")?.success(),
+            "baseline failed"
+        );
         drop(dst);
 
         // Lockstep.

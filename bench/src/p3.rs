@@ -42,16 +42,17 @@ pub fn run(root: &Path, quick: bool) -> anyhow::Result<()> {
     let (res, ours) = timed(|| -> anyhow::Result<usize> {
         let mut shipped = 0;
         for up in &uploads {
-            let a = svc
-                .attest(up)
-                .map_err(|e| anyhow::anyhow!("attest: {e}"))?;
+            let a = svc.attest(up).map_err(|e| anyhow::anyhow!("attest: {e}"))?;
             anyhow::ensure!(a.created, "attestation was not new");
             shipped += usize::from(a.state == lockstep_proto::v1::State::Ship);
         }
         Ok(shipped)
     });
     let shipped = res?;
-    anyhow::ensure!(shipped == packages, "expected {packages} ships, got {shipped}");
+    anyhow::ensure!(
+        shipped == packages,
+        "expected {packages} ships, got {shipped}"
+    );
     let ours_rate = n / ours.as_secs_f64();
     let base_rate = n / base.as_secs_f64();
     progress!("P3: {ours_rate:.0}/s through attest, {base_rate:.0}/s bare verification");

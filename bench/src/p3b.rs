@@ -30,7 +30,8 @@ const CONSUMERS: usize = 4;
 /// Pops timed on the SQLite baseline (each is an fsynced transaction).
 const BASELINE_POPS: usize = 4_000;
 
-const BASELINE_RATE: &str = "SQLite job table (WAL, synchronous=FULL) at the same depth, 4 threads \
+const BASELINE_RATE: &str =
+    "SQLite job table (WAL, synchronous=FULL) at the same depth, 4 threads \
      popping with BEGIN IMMEDIATE; SELECT ... LIMIT 1; UPDATE; COMMIT (4,000 pops timed)";
 const BASELINE_LAT: &str = "Lockstep's own per-delivery gap at 1,000 queued";
 
@@ -111,7 +112,11 @@ async fn dispatch(url: &str, depth: usize) -> anyhow::Result<(f64, f64, f64)> {
     }
     let rate = depth as f64 / t.elapsed().as_secs_f64();
     let _ = conn.close(200, "done".into()).await;
-    Ok((rate, percentile(&mut gaps, 50.0), percentile(&mut gaps, 99.0)))
+    Ok((
+        rate,
+        percentile(&mut gaps, 50.0),
+        percentile(&mut gaps, 99.0),
+    ))
 }
 
 fn sqlite_baseline(root: &Path, depth: usize) -> anyhow::Result<f64> {
@@ -157,7 +162,8 @@ fn sqlite_baseline(root: &Path, depth: usize) -> anyhow::Result<f64> {
             }));
         }
         for h in hs {
-            h.join().map_err(|_| anyhow::anyhow!("baseline thread panicked"))??;
+            h.join()
+                .map_err(|_| anyhow::anyhow!("baseline thread panicked"))??;
         }
         Ok(())
     })?;

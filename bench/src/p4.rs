@@ -44,10 +44,8 @@ impl HashReader for MemHashes {
 
 /// Bytes of SQLite pages holding `table` (the `dbstat` virtual table).
 fn table_bytes(db: &Path, table: &str) -> anyhow::Result<u64> {
-    let conn = rusqlite::Connection::open_with_flags(
-        db,
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-    )?;
+    let conn =
+        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
     let n: i64 = conn
         .query_row(
             "SELECT COALESCE(SUM(pgsize), 0) FROM dbstat WHERE name = ?1",

@@ -38,19 +38,21 @@ pub async fn run(root: &Path, quick: bool) -> anyhow::Result<()> {
 
     // Our consumer of decisions (the exchange is declared by the dispatcher on connect).
     let conn = Connection::connect(&vhost.url(), ConnectionProperties::default()).await?;
-    let ch = conn.create_channel().await?;
-    let q = ch
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
+    // The dispatcher declares the exchange once it connects; a bind before that fails and
+    // closes the channel, so every attempt uses a fresh channel.
     let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    let (ch, q) = loop {
+        let ch = conn.create_channel().await?;
+        let q = ch
+            .queue_declare(
+                "".into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
         let bind = ch
             .queue_bind(
                 q.name().as_str().into(),
@@ -61,19 +63,12 @@ pub async fn run(root: &Path, quick: bool) -> anyhow::Result<()> {
             )
             .await;
         match bind {
-            Ok(()) => break,
-            Err(e) if Instant::now() < deadline => {
-                // The exchange does not exist yet; a failed bind closes the channel.
-                let _ = e;
+            Ok(()) => break (ch, q),
+            Err(_) if Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
             Err(e) => return Err(e).context("binding to the decisions exchange"),
         }
-    }
-    let ch = if ch.status().connected() {
-        ch
-    } else {
-        conn.create_channel().await?
     };
     let mut decisions = ch
         .basic_consume(
@@ -91,10 +86,8 @@ pub async fn run(root: &Path, quick: bool) -> anyhow::Result<()> {
     progress!("P5: preparing {n} packages");
     let prepared = {
         let svc = svc.clone();
-        tokio::task::spawn_blocking(move || {
-            fixture::prepare_many(&svc, &builders, &debs, n, "p5-")
-        })
-        .await??
+        tokio::task::spawn_blocking(move || fixture::prepare_many(&svc, &builders, &debs, n, "p5-"))
+            .await??
     };
     let mut lat = Vec::with_capacity(n);
     let mut size = 0usize;
@@ -115,7 +108,10 @@ pub async fn run(root: &Path, quick: bool) -> anyhow::Result<()> {
                 .await
                 .context("no decision within 30 s")?
                 .context("consumer closed")??;
-            if d.routing_key.as_str().ends_with(&format!(".{}", job.source)) {
+            if d.routing_key
+                .as_str()
+                .ends_with(&format!(".{}", job.source))
+            {
                 size = d.data.len();
                 break;
             }
@@ -168,7 +164,27 @@ pub async fn run(root: &Path, quick: bool) -> anyhow::Result<()> {
     let (o50, b50) = (percentile(&mut lat, 50.0), percentile(&mut base, 50.0));
     let (o99, b99) = (percentile(&mut lat, 99.0), percentile(&mut base, 99.0));
     progress!("P5: p50 {o50:.1} ms p99 {o99:.1} ms (baseline p50 {b50:.2} p99 {b99:.2})");
-    Row::abs_goal("P5", format!("decision latency p50 ({n} decisions)"), "ms", o50, b50, 50.0, Better::Lower, BASELINE).emit();
-    Row::abs_goal("P5", format!("decision latency p99 ({n} decisions)"), "ms", o99, b99, 50.0, Better::Lower, BASELINE).emit();
+    Row::abs_goal(
+        "P5",
+        format!("decision latency p50 ({n} decisions)"),
+        "ms",
+        o50,
+        b50,
+        50.0,
+        Better::Lower,
+        BASELINE,
+    )
+    .emit();
+    Row::abs_goal(
+        "P5",
+        format!("decision latency p99 ({n} decisions)"),
+        "ms",
+        o99,
+        b99,
+        50.0,
+        Better::Lower,
+        BASELINE,
+    )
+    .emit();
     Ok(())
 }

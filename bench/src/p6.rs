@@ -18,14 +18,17 @@ pub fn run(root: &Path, quick: bool) -> anyhow::Result<()> {
     let dir = scratch(root, "p6-")?;
     let archive = Archive::open(dir.path(), "bench.invalid/log").context("archive")?;
     let mut rng = rand::thread_rng();
-    let artifacts: Vec<(String, Vec<u8>)> = [("hello_2.10-3_amd64.deb", 53_000usize), ("hello-dbgsym_2.10-3_amd64.deb", 30_000)]
-        .iter()
-        .map(|(name, size)| {
-            let mut b = vec![0u8; *size];
-            rng.fill_bytes(&mut b);
-            (name.to_string(), b)
-        })
-        .collect();
+    let artifacts: Vec<(String, Vec<u8>)> = [
+        ("hello_2.10-3_amd64.deb", 53_000usize),
+        ("hello-dbgsym_2.10-3_amd64.deb", 30_000),
+    ]
+    .iter()
+    .map(|(name, size)| {
+        let mut b = vec![0u8; *size];
+        rng.fill_bytes(&mut b);
+        (name.to_string(), b)
+    })
+    .collect();
     let one: u64 = artifacts.iter().map(|(_, b)| b.len() as u64).sum();
     progress!("P6: {n} identical rebuilds of {one} artifact bytes");
     for i in 0..n {

@@ -36,7 +36,9 @@ impl Drop for Coordinator {
 }
 
 fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 async fn start(dir: &Path, policy: &Path, amqp: &str) -> anyhow::Result<Coordinator> {
@@ -110,7 +112,7 @@ fn populate(dir: &Path, policy: &Path, n: usize) -> anyhow::Result<()> {
         fixture::enqueue(&svc, "template", "1")?
     };
     let data = dir.join("data");
-    let origin = fixture::config(dir, "", policy).log_origin;
+    let origin = fixture::config(dir, "amqp://127.0.0.1:1/unused", policy).log_origin;
     let archive = Archive::open(&data.join("archive"), &origin)?;
     let mut conn = rusqlite::Connection::open(data.join("jobs.sqlite"))?;
     let now = chrono::Utc::now().to_rfc3339();

@@ -48,7 +48,17 @@ impl Row {
             Better::Lower => (format!("<= {limit}x"), ratio <= limit),
             Better::Higher => (format!(">= {limit}x"), ratio >= limit),
         };
-        Row::new(id, figure, unit, ours, baseline, ratio, goal, met, baseline_is)
+        Row::new(
+            id,
+            figure,
+            unit,
+            ours,
+            baseline,
+            ratio,
+            goal,
+            met,
+            baseline_is,
+        )
     }
 
     /// A row whose goal is a bound on Lockstep's own figure.
@@ -139,7 +149,9 @@ pub fn report(rows: &[Row], json: bool) {
         );
         return;
     }
-    let header = ["id", "figure", "Lockstep", "baseline", "ratio", "goal", "met"];
+    let header = [
+        "id", "figure", "Lockstep", "baseline", "ratio", "goal", "met",
+    ];
     let cells: Vec<[String; 7]> = rows
         .iter()
         .map(|r| {

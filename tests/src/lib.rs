@@ -566,6 +566,7 @@ pub fn run_agent_child() -> bool {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(false)
         .try_init();
     let rt = tokio::runtime::Runtime::new().expect("a tokio runtime");
     let result: anyhow::Result<()> = rt.block_on(async {
@@ -724,6 +725,7 @@ impl ProcCluster {
                 "RUST_LOG",
                 std::env::var("LOCKSTEP_TEST_AGENT_LOG").unwrap_or_else(|_| "info".into()),
             )
+            .env("NO_COLOR", "1")
             .env_remove("LOCKSTEP_FAILPOINT")
             .stdin(std::process::Stdio::null())
             .stdout(log.try_clone()?)

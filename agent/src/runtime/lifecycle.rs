@@ -167,7 +167,12 @@ impl JobResources {
     }
 
     /// Commits a stopped container to an untagged image, removed again by [`Self::release`].
-    pub(crate) async fn commit(&mut self, container: &str) -> Result<String, RuntimeError> {
+    /// The image is labelled with the job's host build directory (`work_dir`).
+    pub(crate) async fn commit(
+        &mut self,
+        container: &str,
+        work_dir: &std::path::Path,
+    ) -> Result<String, RuntimeError> {
         let options = bollard::query_parameters::CommitContainerOptions {
             container: Some(container.to_owned()),
             comment: Some(format!(
@@ -179,7 +184,17 @@ impl JobResources {
         };
         let resp = self
             .docker
-            .commit_container(options, bollard::models::ContainerConfig::default())
+            .commit_container(
+                options,
+                bollard::models::ContainerConfig {
+                    // Docker merges these with the container's own labels.
+                    labels: Some(std::collections::HashMap::from([(
+                        super::spec::LABEL_WORKDIR.to_owned(),
+                        work_dir.to_string_lossy().into_owned(),
+                    )])),
+                    ..Default::default()
+                },
+            )
             .await
             .map_err(|e| docker_error("committing the dependency container", e))?;
         let id = resp.id;
@@ -227,7 +242,7 @@ impl Drop for JobResources {
     }
 }
 
-async fn remove_all(
+pub(crate) async fn remove_all(
     docker: &Docker,
     tracker: &Tracker,
     containers: &[String],

@@ -275,6 +275,64 @@ impl Runtime {
         self.tracker.live()
     }
 
+    /// Removes what an earlier run of this agent left in Docker when it died mid-job (SIGKILL,
+    /// crash, power loss): job containers with a mount under `work_root` and temporary
+    /// dependency images labelled with a directory under it. `work_root` is this agent's own
+    /// scratch space, so other agents sharing the Docker engine keep their running jobs. Call it
+    /// before consuming jobs. Returns the number of containers and images removed.
+    pub async fn remove_leftovers(&self, work_root: &Path) -> Result<usize, RuntimeError> {
+        use bollard::query_parameters::{ListContainersOptions, ListImagesOptions};
+        let root = std::fs::canonicalize(work_root).unwrap_or_else(|_| work_root.to_path_buf());
+        let mine = |p: &str| Path::new(p).starts_with(&root);
+        let filters = std::collections::HashMap::from([(
+            "label".to_owned(),
+            vec![spec::LABEL_JOB.to_owned()],
+        )]);
+        let containers = self
+            .docker
+            .list_containers(Some(ListContainersOptions {
+                all: true,
+                filters: Some(filters.clone()),
+                ..Default::default()
+            }))
+            .await
+            .map_err(|e| docker_error("listing containers", e))?;
+        let containers: Vec<String> = containers
+            .into_iter()
+            .filter(|c| {
+                c.mounts
+                    .iter()
+                    .flatten()
+                    .any(|m| m.source.as_deref().is_some_and(mine))
+            })
+            .filter_map(|c| c.id)
+            .collect();
+        let images = self
+            .docker
+            .list_images(Some(ListImagesOptions {
+                all: true,
+                filters: Some(filters),
+                ..Default::default()
+            }))
+            .await
+            .map_err(|e| docker_error("listing images", e))?;
+        let images: Vec<String> = images
+            .into_iter()
+            .filter(|i| i.labels.get(spec::LABEL_WORKDIR).is_some_and(|d| mine(d)))
+            .map(|i| i.id)
+            .collect();
+        let n = containers.len() + images.len();
+        if n > 0 {
+            tracing::warn!(
+                ?containers,
+                ?images,
+                "removing containers and images an earlier run of this agent left behind"
+            );
+            lifecycle::remove_all(&self.docker, &self.tracker, &containers, &images).await?;
+        }
+        Ok(n)
+    }
+
     /// The inspection of every container this runtime created, recorded right after creation
     /// (the most recent 64), for audits of the isolation actually applied.
     pub fn container_audits(&self) -> Vec<ContainerAudit> {
@@ -383,7 +441,7 @@ impl Runtime {
             }
             Exit::Cancelled => return Err(RuntimeError::Cancelled),
         }
-        let deps_image = resources.commit(&deps).await?;
+        let deps_image = resources.commit(&deps, &dirs.build).await?;
         resources.remove_container(&deps).await?;
         timings.push(("deps".to_owned(), started.elapsed()));
 

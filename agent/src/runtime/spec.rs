@@ -48,6 +48,9 @@ pub(crate) const DEPS_CAPS: [&str; 7] = [
 pub(crate) const LABEL_JOB: &str = "org.lockstep.job";
 /// Label naming the step (`deps` or `build`).
 pub(crate) const LABEL_ROLE: &str = "org.lockstep.role";
+/// Label put on a job's temporary dependency image: the host build directory of the job, so an
+/// agent restarted after a crash finds the images it left behind (`Runtime::remove_leftovers`).
+pub(crate) const LABEL_WORKDIR: &str = "org.lockstep.workdir";
 
 /// The deps step: install build dependencies as root. `$1` is the `.dsc`, `$2` the apt-get
 /// option selecting arch-dependent or arch-independent build dependencies.
