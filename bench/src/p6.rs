@@ -55,7 +55,7 @@ pub fn run(root: &Path, quick: bool) -> anyhow::Result<()> {
             blobs: links,
         })?;
     }
-    let stored = dir_bytes(&archive.blob_root().to_path_buf())?;
+    let stored = dir_bytes(archive.blob_root())?;
     Row::abs_goal(
         "P6",
         format!("blob bytes stored for {n} identical rebuilds"),

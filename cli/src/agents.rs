@@ -1,35 +1,11 @@
 //! `lockstep agents`: which agents the coordinator hears from, what each is doing, and which went
 //! silent (stale: three missed heartbeats) while holding a job.
 
-use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
+use chrono::Utc;
 
 use crate::http::Api;
 
-/// The last known phase of one job on one agent (`GET /api/v1/agents`, `.../progress`).
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct JobPhase {
-    pub job_id: String,
-    pub source: Option<String>,
-    pub phase: String,
-    pub phase_since: DateTime<Utc>,
-    pub started_at: DateTime<Utc>,
-}
-
-/// One agent as the coordinator sees it.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct AgentView {
-    pub name: String,
-    pub fingerprint: String,
-    #[serde(default)]
-    pub architectures: Vec<String>,
-    pub last_heartbeat: DateTime<Utc>,
-    pub heartbeat_secs: u64,
-    pub stale: bool,
-    pub current: Option<JobPhase>,
-    #[serde(default)]
-    pub recent: Vec<JobPhase>,
-}
+use lockstep_proto::v1::AgentView;
 
 /// Elapsed time for people: `42s`, `3m05s`, `2h01m`.
 pub fn human(secs: i64) -> String {

@@ -21,10 +21,10 @@ mod agents;
 mod aptsource;
 mod diff;
 mod http;
-mod suite;
 mod lookup;
 mod progress;
 mod proof;
+mod suite;
 mod upload;
 mod verify;
 mod witness;
@@ -256,8 +256,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 if !packages.is_empty() || from_file.is_some() {
                     bail!("give either --suite or package names, not both");
                 }
-                return suite::enqueue_suite(&api, &suite, section.as_deref(), limit, rebuild, json)
-                    .await;
+                return suite::enqueue_suite(
+                    &api,
+                    &suite,
+                    section.as_deref(),
+                    limit,
+                    rebuild,
+                    json,
+                )
+                .await;
             }
             let mut packages = packages;
             if let Some(f) = from_file {

@@ -47,7 +47,16 @@ pub async fn summary(api: &Api, as_json: bool) -> anyhow::Result<ExitCode> {
     }
     println!(
         "{:<20} {:<6} {:>8} {:>10} {:>9} {:>9} {:>11} {:>7} {:>6} {:>8}",
-        "suite", "arch", "packages", "reproduces", "differs", "disagree", "no-official", "pending", "failed", "repro %"
+        "suite",
+        "arch",
+        "packages",
+        "reproduces",
+        "differs",
+        "disagree",
+        "no-official",
+        "pending",
+        "failed",
+        "repro %"
     );
     for r in &rows {
         let pct = r["reproducible_percent"]

@@ -189,7 +189,8 @@ async fn enqueue_suite(
 }
 
 async fn summary(State(svc): State<Arc<Service>>) -> ApiResult<Response> {
-    let rows = blocking(move || crate::suite::summary(&svc).map_err(ServiceError::Internal)).await?;
+    let rows =
+        blocking(move || crate::suite::summary(&svc).map_err(ServiceError::Internal)).await?;
     Ok(Json(rows).into_response())
 }
 

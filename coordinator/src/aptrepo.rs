@@ -78,18 +78,26 @@ impl AptRepo {
     }
 
     /// Rebuilds the repository from the archive's decisions and swaps it in.
+    /// `awaiting_witness(leaf)` says whether a ship decision recorded at that log leaf must still
+    /// wait for a witness cosignature (policy `require_witness`); such packages stay out.
     pub fn regenerate(
         &self,
         archive: &Archive,
         key: &SigningKey,
         host_arch: &str,
+        awaiting_witness: &dyn Fn(u64) -> bool,
     ) -> anyhow::Result<()> {
         // Latest decision per (source, version, arch), in log order.
         let mut latest: BTreeMap<(String, String, String), Decision> = BTreeMap::new();
         for r in archive.records_by_kind(crate::service::kind::DECISION)? {
             let d: Decision =
                 serde_json::from_slice(&r.body).context("decoding a stored decision")?;
-            latest.insert((d.source.clone(), d.version.clone(), d.arch.clone()), d);
+            let key = (d.source.clone(), d.version.clone(), d.arch.clone());
+            if d.state == State::Ship && awaiting_witness(r.leaf_index) {
+                latest.remove(&key);
+                continue;
+            }
+            latest.insert(key, d);
         }
         let mut archs: BTreeSet<String> = BTreeSet::new();
         archs.insert(host_arch.to_string());

@@ -160,7 +160,11 @@ pub fn diff(
                 .or_default()
                 .entry(d.sha256)
                 .or_insert((d.size, Vec::new()));
-            if !e.1.iter().any(|b| b.fingerprint == crate::official::DISTRIBUTION) {
+            if !e
+                .1
+                .iter()
+                .any(|b| b.fingerprint == crate::official::DISTRIBUTION)
+            {
                 e.1.push(BuilderId {
                     fingerprint: crate::official::DISTRIBUTION.into(),
                     name: Some("the distribution's published binary".into()),

@@ -44,35 +44,7 @@ const RECENT_JOBS: usize = 32;
 /// Largest event accepted; real events are a few hundred bytes.
 const MAX_EVENT_BYTES: usize = 64 * 1024;
 
-/// The last known phase of one job on one agent.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct JobPhase {
-    pub job_id: String,
-    pub source: Option<String>,
-    pub phase: Phase,
-    /// When this phase began.
-    pub phase_since: DateTime<Utc>,
-    /// When the agent started the job (its first event for it).
-    pub started_at: DateTime<Utc>,
-}
-
-/// One agent as operators see it (`GET /api/v1/agents`, `lockstep agents --json`).
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct AgentView {
-    pub name: String,
-    pub fingerprint: String,
-    pub architectures: Vec<String>,
-    pub first_seen: DateTime<Utc>,
-    /// Time of the last event of any kind.
-    pub last_heartbeat: DateTime<Utc>,
-    pub heartbeat_secs: u64,
-    /// True after [`MISSED_HEARTBEATS`] intervals without an event.
-    pub stale: bool,
-    /// The job the agent is working on, or held when it went silent.
-    pub current: Option<JobPhase>,
-    /// Recent jobs, newest last, with their last phase.
-    pub recent: Vec<JobPhase>,
-}
+pub use lockstep_proto::v1::{AgentView, JobPhase};
 
 struct Entry {
     view: AgentView,

@@ -651,9 +651,8 @@ impl Service {
         let _guard = self.decide_lock.lock().unwrap_or_else(|p| p.into_inner());
         let policy = self.policy();
         let (records, votes, failures) = self.evidence(source, version, arch)?;
-        let outcome = quorum::evaluate(&policy, source, &votes, &failures);
-        let (outcome, developer_mismatch) = crate::uploads::apply(&policy, &records, outcome);
-        let (outcome, official) = crate::official::apply(&policy, &records, outcome);
+        let (outcome, developer_mismatch, official) =
+            judge(&policy, source, &records, &votes, &failures);
         let last = records
             .iter()
             .rev()
@@ -731,9 +730,11 @@ impl Service {
 
     /// Regenerates the apt repository of shipped packages; errors are logged, not returned.
     pub fn publish_apt(&self) {
-        if let Err(e) = self
-            .aptrepo
-            .regenerate(&self.archive, &self.key, &self.host_arch)
+        let policy = self.policy();
+        let awaiting = |leaf: u64| self.awaits_witness(&policy, State::Ship, leaf);
+        if let Err(e) =
+            self.aptrepo
+                .regenerate(&self.archive, &self.key, &self.host_arch, &awaiting)
         {
             tracing::error!(error = %format!("{e:#}"), "could not regenerate the apt repository");
         }
@@ -745,9 +746,8 @@ impl Service {
         let mut out = Vec::new();
         for (s, v, a) in self.jobs.keys(source)? {
             let (records, votes, failures) = self.evidence(&s, &v, &a)?;
-            let outcome = quorum::evaluate(&policy, &s, &votes, &failures);
-            let (outcome, developer_mismatch) = crate::uploads::apply(&policy, &records, outcome);
-            let (outcome, official) = crate::official::apply(&policy, &records, outcome);
+            let (outcome, developer_mismatch, official) =
+                judge(&policy, &s, &records, &votes, &failures);
             let outcome = self.witness_gate(&policy, &records, outcome);
             let mut builders: Vec<String> = votes.iter().map(|v| v.fingerprint.clone()).collect();
             builders.sort();
@@ -853,6 +853,27 @@ fn refuse_invalid_key(
             builder.name, builder.fingerprint
         ))
     })
+}
+
+/// The outcome for one (source, version, arch) from its evidence: the builders' quorum, then
+/// developer uploads and the distribution's binaries compared with the agreed bytes (each may
+/// flag, or hold when the policy says so). Recording decisions and serving status share it, so
+/// what is shown is what is decided.
+fn judge(
+    policy: &Policy,
+    source: &str,
+    records: &[Record],
+    votes: &[Vote],
+    failures: &[Failure],
+) -> (
+    Outcome,
+    Vec<String>,
+    Option<lockstep_proto::v1::OfficialComparison>,
+) {
+    let outcome = quorum::evaluate(policy, source, votes, failures);
+    let (outcome, developer_mismatch) = crate::uploads::apply(policy, records, outcome);
+    let (outcome, official) = crate::official::apply(policy, records, outcome);
+    (outcome, developer_mismatch, official)
 }
 
 /// Maps a signature failure to a refusal that says what was wrong.

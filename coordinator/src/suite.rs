@@ -41,7 +41,11 @@ pub fn list_sources(
     section: Option<&str>,
     limit: Option<usize>,
 ) -> anyhow::Result<Vec<SuiteSource>> {
-    if suite.is_empty() || !suite.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b)) {
+    if suite.is_empty()
+        || !suite
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
+    {
         bail!("{suite:?} is not a suite name");
     }
     let marker = format!("_dists_{suite}_");
@@ -125,7 +129,11 @@ pub fn spawn_enqueue(svc: Arc<Service>, sources: Vec<SuiteSource>, rebuild: bool
             }
             crate::official::spawn_for_jobs(
                 &svc,
-                resp.jobs.iter().filter(|j| j.created).map(|j| j.job_id.clone()).collect(),
+                resp.jobs
+                    .iter()
+                    .filter(|j| j.created)
+                    .map(|j| j.job_id.clone())
+                    .collect(),
             );
             if (i + 1) % 100 == 0 {
                 tracing::info!(done = i + 1, total, failed, "suite enqueue progress");
@@ -214,8 +222,14 @@ mod tests {
 
     #[test]
     fn suite_comes_from_the_origin_line() {
-        assert_eq!(suite_of("apt http://m.invalid/debian bookworm/main"), "bookworm");
-        assert_eq!(suite_of("apt http://m.invalid/debian-security bookworm-security/main"), "bookworm-security");
+        assert_eq!(
+            suite_of("apt http://m.invalid/debian bookworm/main"),
+            "bookworm"
+        );
+        assert_eq!(
+            suite_of("apt http://m.invalid/debian-security bookworm-security/main"),
+            "bookworm-security"
+        );
         assert_eq!(suite_of("local upload (lockstep enqueue --dsc)"), "local");
     }
 

@@ -292,6 +292,8 @@ impl Service {
         let after = self.cosignatures.cosigned_size(&witness_keys(&policy))?;
         if policy.require_witness && after > before {
             self.publish_witnessed(before, after)?;
+            // Newly witnessed ship decisions enter the apt repository now.
+            self.publish_apt();
         }
         Ok(out)
     }

@@ -91,7 +91,10 @@ fn edit(u: &mut Unstructured, mut b: Vec<u8>) -> ArbResult<Vec<u8>> {
 
 fn check_detached(h: &Honest, data: &[u8], sig: &[u8]) {
     if h.keyring.verify_detached(data, sig).is_ok() {
-        assert_eq!(data, PAYLOAD, "a detached signature verified over other data");
+        assert_eq!(
+            data, PAYLOAD,
+            "a detached signature verified over other data"
+        );
     }
 }
 

@@ -453,6 +453,9 @@ pub struct DeadLetter {
     pub deaths: Vec<String>,
     /// `x-first-death-reason` (RabbitMQ sets it on the first dead-lettering).
     pub first_reason: Option<String>,
+    /// `x-delivery-count`: how often a quorum queue had delivered it before (absent: never
+    /// redelivered).
+    pub delivery_count: Option<String>,
 }
 
 fn amqp_text(v: &lapin::types::AMQPValue) -> String {
@@ -484,10 +487,14 @@ pub async fn drain_dead_letters(vhost_url: &str) -> anyhow::Result<Vec<DeadLette
     {
         let mut deaths = Vec::new();
         let mut first_reason = None;
+        let mut delivery_count = None;
         if let Some(headers) = msg.delivery.properties.headers() {
             for (k, v) in headers.inner() {
                 if k.as_str() == "x-first-death-reason" {
                     first_reason = Some(amqp_text(v));
+                }
+                if k.as_str() == "x-delivery-count" {
+                    delivery_count = Some(amqp_text(v));
                 }
                 if k.as_str() == "x-death" {
                     if let AMQPValue::FieldArray(arr) = v {
@@ -512,6 +519,7 @@ pub async fn drain_dead_letters(vhost_url: &str) -> anyhow::Result<Vec<DeadLette
             body: msg.delivery.data.clone(),
             deaths,
             first_reason,
+            delivery_count,
         });
     }
     let _ = conn.close(200, "done".into()).await;

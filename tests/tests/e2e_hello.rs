@@ -178,7 +178,9 @@ async fn hello_is_rebuilt_by_two_agents_and_ships() {
     let out = cluster.cli(&["diff", "hello", &row.version, &row.arch]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
-        text.contains("distribution") && text.contains("data.tar") && text.contains("./usr/bin/hello"),
+        text.contains("distribution")
+            && text.contains("data.tar")
+            && text.contains("./usr/bin/hello"),
         "the diff names the differing member and file: {text}"
     );
 

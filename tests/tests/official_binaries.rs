@@ -15,7 +15,11 @@ async fn agreed_bytes_that_equal_the_published_deb_reproduce_the_official_bytes(
         .await
         .expect("cluster");
     let out = c.cli(&["enqueue", "ca-certificates=20230311+deb12u1"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let rows = c
         .wait_decided("ca-certificates", Duration::from_secs(1200))
         .await
@@ -26,7 +30,10 @@ async fn agreed_bytes_that_equal_the_published_deb_reproduce_the_official_bytes(
     // The official evidence is fetched in the background; wait for the verdict.
     let mut verdict = None;
     for _ in 0..240 {
-        let rows = c.coordinator.status(Some("ca-certificates")).expect("status");
+        let rows = c
+            .coordinator
+            .status(Some("ca-certificates"))
+            .expect("status");
         if let Some(o) = rows[0].official.clone() {
             verdict = Some(o);
             break;
@@ -47,7 +54,12 @@ async fn agreed_bytes_that_equal_the_published_deb_reproduce_the_official_bytes(
     let recs = c
         .coordinator
         .archive
-        .records_for("ca-certificates", "20230311+deb12u1", "all", Some(official::KIND))
+        .records_for(
+            "ca-certificates",
+            "20230311+deb12u1",
+            "all",
+            Some(official::KIND),
+        )
         .expect("records");
     assert_eq!(recs.len(), 1);
     assert_eq!(recs[0].signer.as_deref(), Some(official::DISTRIBUTION));
@@ -58,7 +70,10 @@ async fn agreed_bytes_that_equal_the_published_deb_reproduce_the_official_bytes(
         .find(|d| d.package == "ca-certificates")
         .expect("the .deb");
     assert!(d.paragraph.contains(&format!("SHA256: {}", d.sha256)));
-    assert!(c.coordinator.archive.has_blob(&d.inrelease_sha256), "InRelease kept as evidence");
+    assert!(
+        c.coordinator.archive.has_blob(&d.inrelease_sha256),
+        "InRelease kept as evidence"
+    );
     let dl = tempfile::tempdir().expect("tempdir");
     let path = c
         .coordinator
@@ -95,12 +110,18 @@ async fn a_tampered_official_deb_index_or_inrelease_is_refused() {
     )
     .await
     .expect("cluster");
-    c.coordinator.apt.update_if_stale().await.expect("apt update");
-    let lists = c.coordinator.apt.lists_dir();
-    let found = tokio::task::spawn_blocking(move || official::find_binaries(&lists, "hello", "2.10-3", "amd64"))
+    c.coordinator
+        .apt
+        .update_if_stale()
         .await
-        .expect("task")
-        .expect("index scan");
+        .expect("apt update");
+    let lists = c.coordinator.apt.lists_dir();
+    let found = tokio::task::spawn_blocking(move || {
+        official::find_binaries(&lists, "hello", "2.10-3", "amd64")
+    })
+    .await
+    .expect("task")
+    .expect("index scan");
     let f = found
         .iter()
         .find(|f| f.fields.get("Package").map(String::as_str) == Some("hello"))

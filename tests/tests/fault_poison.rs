@@ -1,0 +1,133 @@
+//! T07 poison jobs (issue 6): a job the agent requeues on every attempt (its id is unknown to
+//! the coordinator, so the agent cannot tell whether it already attested it) ends in the
+//! dead-letter queue `lockstep.dead` after the builder queue's delivery limit, with RabbitMQ's
+//! `x-death` reason; an undecodable message is dead-lettered at once; a normal job published
+//! meanwhile still ships.
+
+use std::time::{Duration, Instant};
+
+use lockstep_proto::v1::{builder_queue, State};
+use lockstep_tests::{drain_dead_letters, publish_raw, synthetic_package, Cluster, ClusterOptions};
+
+const DELIVERY_LIMIT: u32 = 3;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn poison_jobs_are_dead_lettered_with_a_reason_and_other_jobs_continue() {
+    let t0 = Instant::now();
+    let c = Cluster::start(
+        "poison",
+        ClusterOptions {
+            delivery_limit: Some(DELIVERY_LIMIT),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("cluster starts");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dsc = synthetic_package(dir.path(), "lockstep-t07", "1.0", "true").expect("package");
+    let out = c.cli(&["enqueue", "--dsc", dsc.to_str().expect("utf-8")]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let job_id = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .last()
+        .expect("job id printed")
+        .to_string();
+    let real = c
+        .coordinator
+        .jobs
+        .get(&job_id)
+        .expect("get")
+        .expect("job")
+        .job;
+
+    // The same job under an id the coordinator never issued, straight into agent-1's queue.
+    let mut poison = real.clone();
+    poison.job_id = "00000000-0000-4000-8000-00000000dead".into();
+    let queue = builder_queue(&c.agents[0].fingerprint);
+    publish_raw(
+        &c.vhost.url(),
+        &queue,
+        &serde_json::to_vec(&poison).expect("json"),
+    )
+    .await
+    .expect("published");
+    publish_raw(&c.vhost.url(), &queue, b"this is not a job")
+        .await
+        .expect("published");
+
+    let rows = c
+        .wait_decided("lockstep-t07", Duration::from_secs(600))
+        .await
+        .expect("decided");
+    assert_eq!(
+        rows[0].state,
+        State::Ship,
+        "other jobs continue: {:#?}",
+        rows[0]
+    );
+
+    let started = Instant::now();
+    let mut dead = Vec::new();
+    while dead.len() < 2 {
+        dead.extend(
+            drain_dead_letters(&c.vhost.url())
+                .await
+                .expect("dead letters"),
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(180),
+            "not dead-lettered: {dead:#?}"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    eprintln!("dead letters: {dead:#?}");
+    let poisoned = dead
+        .iter()
+        .find(|d| d.body.windows(8).any(|w| w == b"0000dead"))
+        .expect("the poison job is dead-lettered");
+    assert!(
+        poisoned.deaths.iter().any(|d| d.contains(&queue)
+            && (d.contains("reason=delivery_limit") || d.contains("reason=rejected"))),
+        "{poisoned:#?}"
+    );
+    // RabbitMQ 3.10 reports a delivery-limit death as `rejected` (3.13+: `delivery_limit`); the
+    // delivery count tells it from an immediate rejection.
+    let deliveries: u32 = poisoned
+        .delivery_count
+        .as_deref()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        deliveries >= DELIVERY_LIMIT - 1,
+        "dead-lettered only after the delivery limit: {poisoned:#?}"
+    );
+    let garbage = dead
+        .iter()
+        .find(|d| d.body == b"this is not a job")
+        .expect("the undecodable message is dead-lettered");
+    assert!(
+        garbage.deaths.iter().any(|d| d.contains("reason=rejected")),
+        "{garbage:#?}"
+    );
+    assert!(
+        c.coordinator
+            .jobs
+            .get(&poison.job_id)
+            .expect("get")
+            .is_none(),
+        "nothing was recorded for the poison job"
+    );
+    eprintln!(
+        "T07 figures: jobs 1 + 2 poison messages, delivery limit {DELIVERY_LIMIT}, dead-lettered 2 \
+         (poison job after {deliveries} redeliveries, reason {}; garbage at once, reason {}), lost 0, \
+         decisions differing from fault-free 0, wall {:.0} s",
+        poisoned.first_reason.as_deref().unwrap_or("?"),
+        garbage.first_reason.as_deref().unwrap_or("?"),
+        t0.elapsed().as_secs_f64()
+    );
+    c.stop().await;
+}
