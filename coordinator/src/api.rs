@@ -355,10 +355,21 @@ async fn diff(
     Ok(Json(report).into_response())
 }
 
+/// Brings the apt repository up to date with the decisions before serving from it.
+async fn refresh_apt(svc: &Arc<Service>) -> ApiResult<()> {
+    let s = svc.clone();
+    blocking(move || {
+        s.refresh_apt()
+            .map_err(|e| ServiceError::Internal(e.context("regenerating the apt repository")))
+    })
+    .await
+}
+
 async fn apt_dists(
     State(svc): State<Arc<Service>>,
     Path(path): Path<String>,
 ) -> ApiResult<Response> {
+    refresh_apt(&svc).await?;
     let file = svc.aptrepo.dists_file(&path).ok_or_else(|| {
         ServiceError::NotFound(format!("no file dists/{path} in the apt repository"))
     })?;
@@ -372,6 +383,7 @@ async fn apt_pool(
     State(svc): State<Arc<Service>>,
     Path(path): Path<String>,
 ) -> ApiResult<Response> {
+    refresh_apt(&svc).await?;
     let d = svc
         .aptrepo
         .pool_blob(&format!("pool/{path}"))

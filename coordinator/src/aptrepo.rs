@@ -1,7 +1,8 @@
 //! A signed apt repository of exactly what shipped.
 //!
-//! After every decision the coordinator regenerates, from the latest decision per (source,
-//! version, arch):
+//! After a decision the repository is marked stale; it is regenerated off the attestation path
+//! (by a background task shortly after, or before serving any `/apt/` request, whichever comes
+//! first), from the latest decision per (source, version, arch):
 //! - `dists/lockstep/main/binary-<arch>/Packages`: each shipped `.deb`'s control paragraph plus
 //!   `Filename`, `Size`, `MD5sum` and `SHA256`;
 //! - `dists/lockstep/Release` (with the SHA-256 of each index) and `InRelease`, clearsigned with the
@@ -15,7 +16,9 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, RwLock};
+use std::time::Duration;
 
 use anyhow::Context;
 use lockstep_archive::Archive;
@@ -30,6 +33,10 @@ use crate::debfile;
 pub const SUITE: &str = "lockstep";
 /// The one component.
 pub const COMPONENT: &str = "main";
+/// How long the background task waits after a decision before regenerating, so a burst of
+/// decisions costs one regeneration (reading every shipped package's control data) instead of
+/// one each.
+pub const REGENERATE_DEBOUNCE: Duration = Duration::from_millis(500);
 
 /// The repository on disk plus the pool map of the current generation.
 pub struct AptRepo {
@@ -38,6 +45,12 @@ pub struct AptRepo {
     pool: RwLock<HashMap<String, Sha256Digest>>,
     /// Control paragraphs by blob digest (they never change for a given blob).
     controls: Mutex<HashMap<Sha256Digest, String>>,
+    /// A decision was recorded since the last regeneration.
+    stale: AtomicBool,
+    /// Wakes the background regeneration task.
+    wake: tokio::sync::Notify,
+    /// One regeneration at a time.
+    regen: Mutex<()>,
 }
 
 impl AptRepo {
@@ -48,6 +61,37 @@ impl AptRepo {
             root: root.to_path_buf(),
             pool: RwLock::new(HashMap::new()),
             controls: Mutex::new(HashMap::new()),
+            // Regenerate once after start: the decisions are in the archive, the pool map is not.
+            stale: AtomicBool::new(true),
+            wake: tokio::sync::Notify::new(),
+            regen: Mutex::new(()),
+        })
+    }
+
+    /// Marks the repository stale and wakes the background task (cheap; callable anywhere).
+    pub fn mark_stale(&self) {
+        self.stale.store(true, Ordering::SeqCst);
+        self.wake.notify_one();
+    }
+
+    /// Waits until the repository was marked stale.
+    pub async fn stale_notified(&self) {
+        self.wake.notified().await;
+    }
+
+    /// Runs `regenerate` if the repository is stale (one caller at a time; the others wait and
+    /// then find it fresh).
+    pub fn refresh_if_stale(
+        &self,
+        regenerate: impl FnOnce() -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
+        let _one = self.regen.lock().unwrap_or_else(|p| p.into_inner());
+        if !self.stale.swap(false, Ordering::SeqCst) {
+            return Ok(());
+        }
+        regenerate().inspect_err(|_| {
+            // Try again next time rather than serve an index that misses a decision silently.
+            self.stale.store(true, Ordering::SeqCst);
         })
     }
 

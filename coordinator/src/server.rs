@@ -63,6 +63,26 @@ impl Server {
             shutdown.clone(),
         );
         svc.set_dispatcher(dispatcher);
+        // Regenerate the apt repository shortly after decisions, off the attestation path.
+        let apt_svc = svc.clone();
+        let apt_stop = shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = apt_stop.cancelled() => return,
+                    _ = apt_svc.aptrepo.stale_notified() => {}
+                }
+                tokio::time::sleep(crate::aptrepo::REGENERATE_DEBOUNCE).await;
+                let s = apt_svc.clone();
+                match tokio::task::spawn_blocking(move || s.refresh_apt()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        tracing::error!(error = %format!("{e:#}"), "could not regenerate the apt repository")
+                    }
+                    Err(e) => tracing::error!(error = %e, "apt repository task failed"),
+                }
+            }
+        });
         let events_task = crate::events::spawn_listener(svc.clone(), shutdown.clone());
         let app = crate::api::router(svc.clone())
             .merge(crate::events::router(svc.clone()))

@@ -728,16 +728,19 @@ impl Service {
         Ok(outcome)
     }
 
-    /// Regenerates the apt repository of shipped packages; errors are logged, not returned.
+    /// Marks the apt repository stale after a decision; it is regenerated off this path.
     pub fn publish_apt(&self) {
-        let policy = self.policy();
-        let awaiting = |leaf: u64| self.awaits_witness(&policy, State::Ship, leaf);
-        if let Err(e) =
+        self.aptrepo.mark_stale();
+    }
+
+    /// Regenerates the apt repository of shipped packages if a decision changed it.
+    pub fn refresh_apt(&self) -> anyhow::Result<()> {
+        self.aptrepo.refresh_if_stale(|| {
+            let policy = self.policy();
+            let awaiting = |leaf: u64| self.awaits_witness(&policy, State::Ship, leaf);
             self.aptrepo
                 .regenerate(&self.archive, &self.key, &self.host_arch, &awaiting)
-        {
-            tracing::error!(error = %format!("{e:#}"), "could not regenerate the apt repository");
-        }
+        })
     }
 
     /// Status rows (BRIEF.md contract), optionally for one source.

@@ -12,6 +12,9 @@ use decisions_support::*;
 const IMAGE: &str = "lockstep-build:bookworm";
 
 fn packages_index(fx: &Fixture, arch: &str) -> String {
+    // The repository is regenerated off the attestation path; bring it up to date as a request
+    // to /apt/ would.
+    fx.service.refresh_apt().expect("regenerates");
     std::fs::read_to_string(
         fx.service
             .aptrepo
