@@ -130,10 +130,12 @@ enum Cmd {
     /// Show the decisions for one package and verify the coordinator's signature on each.
     Decision {
         source: String,
+        /// Version; every version the coordinator tracks for SOURCE when omitted.
         // Not `version`: that id is the --version flag every subcommand gets.
         #[arg(id = "package_version", value_name = "VERSION")]
-        version: String,
-        arch: String,
+        version: Option<String>,
+        /// Architecture; every architecture of that version when omitted.
+        arch: Option<String>,
         /// Verify with this coordinator certificate instead of fetching it from the coordinator.
         #[arg(long, value_name = "FILE")]
         keyring: Option<PathBuf>,
@@ -360,11 +362,33 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             for c in Keyring::parse_certs(&cert).context("reading the coordinator certificate")? {
                 ring.add(c);
             }
-            let list: Vec<serde_json::Value> = api
-                .get_json(&format!("/api/v1/decisions/{source}/{version}/{arch}"))
-                .await?;
+            let keys: Vec<(String, String)> = match (version, arch) {
+                (Some(v), Some(a)) => vec![(v, a)],
+                (v, a) => {
+                    let rows: Vec<StatusEntry> = api
+                        .get_json(&format!(
+                            "/api/v1/status?source={}",
+                            source.replace('+', "%2B")
+                        ))
+                        .await?;
+                    rows.into_iter()
+                        .filter(|r| v.as_ref().is_none_or(|v| v == &r.version))
+                        .filter(|r| a.as_ref().is_none_or(|a| a == &r.arch))
+                        .map(|r| (r.version, r.arch))
+                        .collect()
+                }
+            };
+            let mut list: Vec<serde_json::Value> = Vec::new();
+            for (version, arch) in &keys {
+                list.extend(
+                    api.get_json::<Vec<serde_json::Value>>(&format!(
+                        "/api/v1/decisions/{source}/{version}/{arch}"
+                    ))
+                    .await?,
+                );
+            }
             if list.is_empty() {
-                bail!("no decision recorded for {source} {version} {arch} (yet)");
+                bail!("no decision recorded for {source} (yet); `lockstep status` lists what is tracked");
             }
             let mut all_ok = true;
             let mut out = Vec::new();
