@@ -101,6 +101,9 @@ enum Cmd {
         /// With --suite: at most this many sources.
         #[arg(long, requires = "suite")]
         limit: Option<usize>,
+        /// With --suite: only sources the archive published on or after DATE (YYYY-MM-DD).
+        #[arg(long, requires = "suite", value_name = "DATE")]
+        since: Option<String>,
         /// Build again even if a job for the same version exists.
         #[arg(long)]
         rebuild: bool,
@@ -249,6 +252,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             suite,
             section,
             limit,
+            since,
             rebuild,
             wait,
             timeout,
@@ -263,6 +267,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     &suite,
                     section.as_deref(),
                     limit,
+                    since.as_deref(),
                     rebuild,
                     json,
                 )

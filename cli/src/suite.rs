@@ -12,23 +12,35 @@ pub async fn enqueue_suite(
     suite: &str,
     section: Option<&str>,
     limit: Option<usize>,
+    since: Option<&str>,
     rebuild: bool,
     as_json: bool,
 ) -> anyhow::Result<ExitCode> {
+    if let Some(d) = since {
+        chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d")
+            .map_err(|e| anyhow::anyhow!("--since {d:?}: expected a date like 2025-05-20 ({e})"))?;
+    }
     let v: serde_json::Value = api
         .post_json(
             "/api/v1/jobs/suite",
-            &json!({ "suite": suite, "section": section, "limit": limit, "rebuild": rebuild }),
+            &json!({ "suite": suite, "section": section, "limit": limit, "since": since, "rebuild": rebuild }),
         )
         .await?;
     if as_json {
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         let n = v["accepted"].as_u64().unwrap_or(0);
-        println!(
-            "{n} source package(s) of {suite}{} accepted; they are fetched and enqueued in the background",
-            section.map(|s| format!(" (section {s})")).unwrap_or_default()
-        );
+        match since {
+            None => println!(
+                "{n} source package(s) of {suite}{} accepted; they are fetched and enqueued in the background",
+                section.map(|s| format!(" (section {s})")).unwrap_or_default()
+            ),
+            Some(d) => println!(
+                "{n} candidate source package(s) of {suite}{}; those published since {d}{} are enqueued in the background",
+                section.map(|s| format!(" (section {s})")).unwrap_or_default(),
+                limit.map(|l| format!(", at most {l},")).unwrap_or_default()
+            ),
+        }
         println!("follow with `lockstep status` and `lockstep summary`");
     }
     Ok(ExitCode::SUCCESS)

@@ -179,13 +179,28 @@ async fn enqueue_suite(
     let lists = svc.apt.lists_dir();
     let r = req.clone();
     let sources = blocking(move || {
-        crate::suite::list_sources(&lists, &r.suite, r.section.as_deref(), r.limit)
+        // With --since the limit applies to what passes the date check, in the background.
+        let limit = if r.since.is_some() { None } else { r.limit };
+        crate::suite::list_sources(&lists, &r.suite, r.section.as_deref(), limit)
             .map_err(|e| ServiceError::Unprocessable(format!("{e:#}")))
     })
     .await?;
     let n = sources.len();
-    crate::suite::spawn_enqueue(svc.clone(), sources.clone(), req.rebuild);
-    Ok(Json(json!({ "suite": req.suite, "accepted": n, "sources": sources })).into_response())
+    crate::suite::spawn_enqueue(
+        svc.clone(),
+        sources.clone(),
+        req.rebuild,
+        req.since,
+        req.limit,
+    );
+    Ok(Json(json!({
+        "suite": req.suite,
+        "accepted": n,
+        "since": req.since,
+        "limit": req.limit,
+        "sources": sources,
+    }))
+    .into_response())
 }
 
 async fn summary(State(svc): State<Arc<Service>>) -> ApiResult<Response> {

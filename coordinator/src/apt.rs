@@ -317,6 +317,52 @@ impl Apt {
         crate::official::system_keyrings(&self.signed_by)
     }
 
+    /// When the archive published a source package: the `Last-Modified` time of its `.dsc` on
+    /// the mirror apt would download it from (the Sources index carries no dates).
+    pub async fn uploaded_at(&self, spec: &str) -> anyhow::Result<chrono::DateTime<chrono::Utc>> {
+        validate_spec(spec)?;
+        let out = {
+            let _guard = self.lock.lock().await;
+            self.update_if_stale().await?;
+            self.run(
+                &["source".into(), "--print-uris".into(), spec.into()],
+                &self.root,
+            )
+            .await?
+        };
+        // Lines look like: 'http://host/pool/main/h/hello/hello_2.10-3.dsc' hello_2.10-3.dsc 1847 SHA256:…
+        let url = out
+            .lines()
+            .filter_map(|l| l.strip_prefix('\''))
+            .filter_map(|l| l.split_once('\'').map(|(u, _)| u))
+            .find(|u| u.ends_with(".dsc"))
+            .ok_or_else(|| anyhow::anyhow!("{spec}: apt names no .dsc to download"))?
+            .to_string();
+        let head = Command::new("curl")
+            .args(["-sfI", "--max-time", "30", &url])
+            .kill_on_drop(true)
+            .output()
+            .await
+            .context("running curl (install curl)")?;
+        if !head.status.success() {
+            bail!("{spec}: the mirror did not answer for {url}");
+        }
+        let text = String::from_utf8_lossy(&head.stdout);
+        let value = text
+            .lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case("last-modified")
+                    .then(|| v.trim().to_string())
+            })
+            .ok_or_else(|| {
+                anyhow::anyhow!("{spec}: the mirror gives no Last-Modified for {url}")
+            })?;
+        Ok(chrono::DateTime::parse_from_rfc2822(&value)
+            .with_context(|| format!("{spec}: Last-Modified {value:?}"))?
+            .with_timezone(&chrono::Utc))
+    }
+
     /// Downloads one binary package (`name:arch=version` or `name=version`) into `dir` and returns
     /// the file. apt checks it against the index; the caller checks the chain again itself.
     pub async fn download_binary(&self, spec: &str, dir: &Path) -> anyhow::Result<PathBuf> {

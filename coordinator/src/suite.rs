@@ -22,6 +22,9 @@ pub struct SuiteRequest {
     pub section: Option<String>,
     /// At most this many sources (in index order).
     pub limit: Option<usize>,
+    /// Only sources the archive published on or after this date (by the `.dsc`'s Last-Modified
+    /// time on the mirror; checked in the background, one request per candidate).
+    pub since: Option<chrono::NaiveDate>,
     #[serde(default)]
     pub rebuild: bool,
 }
@@ -115,13 +118,38 @@ pub fn list_sources(
     Ok(out)
 }
 
-/// Enqueues the listed sources one after the other in the background.
-pub fn spawn_enqueue(svc: Arc<Service>, sources: Vec<SuiteSource>, rebuild: bool) {
+/// Enqueues the listed sources one after the other in the background. With `since`, sources
+/// published before that date are skipped and at most `limit` are enqueued.
+pub fn spawn_enqueue(
+    svc: Arc<Service>,
+    sources: Vec<SuiteSource>,
+    rebuild: bool,
+    since: Option<chrono::NaiveDate>,
+    limit: Option<usize>,
+) {
     tokio::spawn(async move {
         let total = sources.len();
         let mut failed = 0usize;
+        let mut enqueued = 0usize;
         for (i, s) in sources.into_iter().enumerate() {
+            if limit.is_some_and(|l| enqueued >= l) {
+                break;
+            }
             let spec = format!("{}={}", s.package, s.version);
+            if let Some(day) = since {
+                match svc.apt.uploaded_at(&spec).await {
+                    Ok(t) if t.date_naive() >= day => {}
+                    Ok(t) => {
+                        tracing::debug!(%spec, published = %t, "suite enqueue: published before --since; skipped");
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::warn!(%spec, error = %format!("{e:#}"), "suite enqueue: no publication date; skipped");
+                        continue;
+                    }
+                }
+            }
+            enqueued += 1;
             let resp = svc.enqueue(std::slice::from_ref(&spec), rebuild).await;
             for e in &resp.errors {
                 failed += 1;
@@ -139,7 +167,7 @@ pub fn spawn_enqueue(svc: Arc<Service>, sources: Vec<SuiteSource>, rebuild: bool
                 tracing::info!(done = i + 1, total, failed, "suite enqueue progress");
             }
         }
-        tracing::info!(total, failed, "suite enqueue finished");
+        tracing::info!(total, enqueued, failed, "suite enqueue finished");
     });
 }
 
