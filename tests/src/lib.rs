@@ -829,30 +829,18 @@ impl Drop for ProcCluster {
     }
 }
 
-/// Uploads a `.dsc` and its files (everything next to it with the same `<name>_` prefix) and
-/// enqueues it through the coordinator's HTTP API; returns the job ids.
+/// Uploads a `.dsc` and the files it lists (read next to it) and enqueues it through the
+/// coordinator's HTTP API; returns the job ids.
 pub async fn enqueue_dsc_http(url: &str, dsc: &Path) -> anyhow::Result<Vec<String>> {
     let dir = dsc.parent().context("the .dsc has a directory")?;
     let http = reqwest::Client::new();
     let dsc_bytes = std::fs::read(dsc)?;
-    let text = String::from_utf8_lossy(&dsc_bytes).into_owned();
-    let mut names = Vec::new();
-    let mut in_files = false;
-    for line in text.lines() {
-        if line.starts_with("Files:") || line.starts_with("Checksums-Sha256:") {
-            in_files = line.starts_with("Checksums-Sha256:");
-            continue;
-        }
-        if in_files {
-            if let Some(rest) = line.strip_prefix(' ') {
-                if let Some(n) = rest.split_whitespace().nth(2) {
-                    names.push(n.to_string());
-                }
-            } else {
-                in_files = false;
-            }
-        }
-    }
+    let names: Vec<String> = lockstep_proto::dsc::parse(&dsc_bytes)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", dsc.display()))?
+        .files
+        .into_iter()
+        .map(|f| f.name)
+        .collect();
     for n in names {
         let bytes = std::fs::read(dir.join(&n)).with_context(|| format!("reading {n}"))?;
         let digest = lockstep_proto::Sha256Digest::of(&bytes);
