@@ -32,6 +32,9 @@ pub struct RawConfig {
     pub state_dir: Option<PathBuf>,
     pub coordinator_url: Option<String>,
     pub amqp_url: Option<String>,
+    /// AMQP URLs of the nodes of a RabbitMQ cluster (instead of `amqp_url`), all naming the same
+    /// virtual host: the first reachable one is used, and a lost connection fails over to the next.
+    pub amqp_urls: Option<Vec<String>>,
     /// Builds at once (also the AMQP prefetch).
     pub concurrency: Option<u16>,
     /// Build image tag and the recipe that makes it.
@@ -45,6 +48,8 @@ pub struct RawConfig {
     pub log_cap_bytes: Option<usize>,
     pub tmpfs_size: Option<String>,
     pub deps_network: Option<String>,
+    /// Free bytes the scratch space needs before a build starts (default 2 GiB).
+    pub min_free_bytes: Option<u64>,
     pub shutdown_grace_secs: Option<u64>,
 }
 
@@ -53,7 +58,8 @@ pub struct Config {
     pub name: String,
     pub state_dir: PathBuf,
     pub coordinator_url: String,
-    pub amqp_url: String,
+    /// Broker nodes in the order they are tried (one for a single broker).
+    pub amqp_urls: Vec<String>,
     pub concurrency: u16,
     pub runtime: RuntimeConfig,
     pub shutdown_grace: Duration,
@@ -68,7 +74,9 @@ impl RawConfig {
         b = b.add_source(
             config::Environment::with_prefix("LOCKSTEP")
                 .separator("__")
-                .try_parsing(true),
+                .try_parsing(true)
+                .list_separator(",")
+                .with_list_parse_key("amqp_urls"),
         );
         b.build()
             .map_err(|e| anyhow::anyhow!("reading configuration: {e}"))?
@@ -97,9 +105,17 @@ impl RawConfig {
                 "coordinator_url = {coordinator_url:?} must start with http:// or https://"
             );
         }
-        let amqp_url = self.amqp_url.unwrap_or_else(|| DEFAULT_AMQP.into());
-        if !amqp_url.starts_with("amqp://") && !amqp_url.starts_with("amqps://") {
-            anyhow::bail!("amqp_url = {amqp_url:?} must start with amqp://");
+        let amqp_urls =
+            lockstep_proto::broker::resolve_urls(self.amqp_url, self.amqp_urls, DEFAULT_AMQP)
+                .map_err(anyhow::Error::msg)?;
+        for u in &amqp_urls {
+            // The AMQP client's own parser must accept it too.
+            if let Err(e) = u.parse::<lapin::uri::AMQPUri>() {
+                anyhow::bail!(
+                    "amqp_url {:?} is not a valid AMQP URI: {e}",
+                    lockstep_proto::broker::redact(u)
+                );
+            }
         }
         let concurrency = self.concurrency.unwrap_or(1);
         if concurrency == 0 {
@@ -120,6 +136,7 @@ impl RawConfig {
             log_cap_bytes: self.log_cap_bytes.unwrap_or(d.log_cap_bytes),
             tmpfs_size: self.tmpfs_size.unwrap_or(d.tmpfs_size),
             deps_network: self.deps_network.unwrap_or(d.deps_network),
+            min_free_bytes: self.min_free_bytes.unwrap_or(d.min_free_bytes),
         };
         if runtime.build_uid == 0 {
             anyhow::bail!("build_uid must not be 0: builds never run as root");
@@ -133,7 +150,7 @@ impl RawConfig {
                 .state_dir
                 .unwrap_or_else(|| PathBuf::from("/var/lib/lockstep-agent")),
             coordinator_url,
-            amqp_url,
+            amqp_urls,
             concurrency,
             runtime,
             shutdown_grace: self
@@ -144,6 +161,17 @@ impl RawConfig {
 }
 
 impl Config {
+    /// The config as printed by `check-config`: the AMQP passwords are redacted.
+    pub fn redacted(&self) -> Config {
+        let mut c = self.clone();
+        c.amqp_urls = c
+            .amqp_urls
+            .iter()
+            .map(|u| lockstep_proto::broker::redact(u))
+            .collect();
+        c
+    }
+
     pub fn key_path(&self) -> PathBuf {
         self.state_dir.join("key.asc")
     }
@@ -173,5 +201,39 @@ mod tests {
         .resolve()
         .expect_err("root refused");
         assert!(e.to_string().contains("build_uid"));
+    }
+
+    #[test]
+    fn one_broker_or_the_nodes_of_a_cluster() {
+        let c = RawConfig {
+            name: Some("a1".into()),
+            ..Default::default()
+        }
+        .resolve()
+        .expect("valid");
+        assert_eq!(c.amqp_urls, vec![DEFAULT_AMQP]);
+        let urls: Vec<String> = (5701..=5703)
+            .map(|p| format!("amqp://u:secret@127.0.0.1:{p}/lockstep"))
+            .collect();
+        let c = RawConfig {
+            name: Some("a1".into()),
+            amqp_urls: Some(urls.clone()),
+            ..Default::default()
+        }
+        .resolve()
+        .expect("valid");
+        assert_eq!(c.amqp_urls, urls);
+        let shown = format!("{:?}", c.redacted());
+        assert!(!shown.contains("secret"), "{shown}");
+        assert!(shown.contains("u:***@127.0.0.1:5702"), "{shown}");
+        let e = RawConfig {
+            name: Some("a1".into()),
+            amqp_urls: Some(vec![urls[0].clone(), urls[0].clone()]),
+            ..Default::default()
+        }
+        .resolve()
+        .expect_err("the same node twice");
+        assert!(e.to_string().contains("same node"), "{e}");
+        assert!(!e.to_string().contains("secret"), "{e}");
     }
 }

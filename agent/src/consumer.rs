@@ -16,6 +16,7 @@ use lapin::options::{
 };
 use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties};
+use lockstep_proto::broker::{redact, Failover};
 use lockstep_proto::v1::{self, Job};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -24,28 +25,64 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{MAX_BACKOFF, REQUEUE_DELAY};
 use crate::worker::{Disposition, Worker};
 
+/// How long one broker node may take to accept a connection before the next one is tried.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Connects to the first node of `nodes` that answers, in [`Failover`] order (a lost node is
+/// tried last); `None` when no node answered this round.
+async fn connect_next(
+    nodes: &mut Failover,
+    name: &str,
+    shutdown: &CancellationToken,
+) -> Option<Connection> {
+    for (i, url) in nodes.round() {
+        let props = ConnectionProperties::default().with_connection_name(name.into());
+        let attempt = tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            r = tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(&url, props)) => r,
+        };
+        let error = match attempt {
+            Ok(Ok(c)) => {
+                nodes.connected(i);
+                tracing::info!(url = %redact(&url), "connected to RabbitMQ");
+                return Some(c);
+            }
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("no answer within {}s", CONNECT_TIMEOUT.as_secs()),
+        };
+        tracing::warn!(%error, url = %redact(&url), "cannot reach this RabbitMQ node");
+    }
+    None
+}
+
 /// Runs until `shutdown` fires.
 pub async fn run(worker: Arc<Worker>, shutdown: CancellationToken) -> anyhow::Result<()> {
     let queue = v1::builder_queue(&worker.key.fingerprint());
+    let mut nodes = Failover::new(worker.cfg.amqp_urls.clone());
+    let name = format!("lockstep-agent {}", worker.cfg.name);
     let mut delay = Duration::from_millis(200);
     while !shutdown.is_cancelled() {
-        let props = ConnectionProperties::default()
-            .with_connection_name(format!("lockstep-agent {}", worker.cfg.name).into());
-        let conn = match Connection::connect(&worker.cfg.amqp_url, props).await {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(error = %e, retry_in = ?delay, "cannot reach RabbitMQ; is rabbitmq-server running? retrying");
-                tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    _ = tokio::time::sleep(delay) => {}
-                }
-                delay = (delay * 2).min(MAX_BACKOFF);
-                continue;
+        let Some(conn) = connect_next(&mut nodes, &name, &shutdown).await else {
+            if shutdown.is_cancelled() {
+                break;
             }
+            tracing::warn!(nodes = nodes.len(), retry_in = ?delay, "cannot reach RabbitMQ; is rabbitmq-server running? retrying");
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(delay) => {}
+            }
+            delay = (delay * 2).min(MAX_BACKOFF);
+            continue;
         };
+        let began = std::time::Instant::now();
         match session(&worker, &conn, &queue, &shutdown).await {
             Ok(()) => delay = Duration::from_millis(200),
             Err(e) => {
+                // A session that worked for a while lost its node: fail over at once. Sessions
+                // that end right away (no queue yet, say) back off.
+                if began.elapsed() > MAX_BACKOFF {
+                    delay = Duration::from_millis(200);
+                }
                 tracing::warn!(error = %format!("{e:#}"), retry_in = ?delay, "AMQP session ended; reconnecting");
                 tokio::select! {
                     _ = shutdown.cancelled() => {}
@@ -53,6 +90,10 @@ pub async fn run(worker: Arc<Worker>, shutdown: CancellationToken) -> anyhow::Re
                 }
                 delay = (delay * 2).min(MAX_BACKOFF);
             }
+        }
+        if !conn.status().connected() {
+            // The node went away: the next attempt starts with the next node of the list.
+            nodes.lost();
         }
         let _ = conn.close(200, "agent closing".into()).await;
     }

@@ -93,7 +93,7 @@ fn main() -> ExitCode {
     };
     match args.command {
         Some(Command::CheckConfig) => {
-            println!("{cfg:#?}");
+            println!("{:#?}", cfg.redacted());
             return ExitCode::SUCCESS;
         }
         Some(Command::Init { export }) => {

@@ -101,7 +101,8 @@ enum Cmd {
         /// With --suite: at most this many sources.
         #[arg(long, requires = "suite")]
         limit: Option<usize>,
-        /// With --suite: only sources the archive published on or after DATE (YYYY-MM-DD).
+        /// With --suite: only sources uploaded on or after DATE (YYYY-MM-DD), by the date of their
+        /// newest debian/changelog entry.
         #[arg(long, requires = "suite", value_name = "DATE")]
         since: Option<String>,
         /// Build again even if a job for the same version exists.

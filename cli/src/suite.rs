@@ -36,7 +36,7 @@ pub async fn enqueue_suite(
                 section.map(|s| format!(" (section {s})")).unwrap_or_default()
             ),
             Some(d) => println!(
-                "{n} candidate source package(s) of {suite}{}; those published since {d}{} are enqueued in the background",
+                "{n} candidate source package(s) of {suite}{}; those uploaded since {d}{} are enqueued in the background",
                 section.map(|s| format!(" (section {s})")).unwrap_or_default(),
                 limit.map(|l| format!(", at most {l},")).unwrap_or_default()
             ),

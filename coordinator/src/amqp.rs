@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use futures_util::StreamExt;
 use lapin::options::{
     BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
     QueueDeclareOptions,
@@ -22,6 +23,7 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::Confirmation;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use lockstep_proto::broker::Failover;
 use lockstep_proto::v1::{self, Decision, Job};
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
@@ -31,6 +33,8 @@ use crate::jobs::JobStore;
 
 /// Jobs published per dispatch round before checking for shutdown.
 const DISPATCH_BATCH: usize = 500;
+/// How long one broker node may take to accept a connection before the next one is tried.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Arguments of a builder queue. Agents passively declare, so only the coordinator sets these.
 pub fn builder_queue_args(delivery_limit: u32) -> FieldTable {
@@ -106,25 +110,48 @@ pub async fn declare_topology(
     Ok(())
 }
 
-/// Connects, retrying with exponential backoff until `cancel` fires.
+/// Connects to the first broker node of `nodes` that answers, in [`Failover`] order (the node of
+/// the previous connection first, unless that connection was lost); after a round in which none
+/// answered, waits with exponential backoff and tries again, until `cancel` fires.
 pub async fn connect_with_backoff(
-    url: &str,
+    nodes: &mut Failover,
     name: &str,
     cancel: &CancellationToken,
 ) -> Option<Connection> {
     let mut delay = Duration::from_millis(200);
     loop {
-        let props = ConnectionProperties::default().with_connection_name(name.into());
-        match Connection::connect(url, props).await {
-            Ok(c) => return Some(c),
-            Err(e) => {
+        for (i, url) in nodes.round() {
+            let props = ConnectionProperties::default().with_connection_name(name.into());
+            let attempt = tokio::select! {
+                _ = cancel.cancelled() => return None,
+                r = tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(&url, props)) => r,
+            };
+            let error = match attempt {
+                Ok(Ok(c)) => {
+                    nodes.connected(i);
+                    tracing::info!(url = %crate::config::redact_url(&url), connection = name, "connected to RabbitMQ");
+                    return Some(c);
+                }
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => format!("no answer within {}s", CONNECT_TIMEOUT.as_secs()),
+            };
+            if nodes.len() > 1 {
                 tracing::warn!(
-                    error = %e,
-                    url = %crate::config::redact_url(url),
+                    %error,
+                    url = %crate::config::redact_url(&url),
+                    "cannot reach this RabbitMQ node; trying the next one"
+                );
+            } else {
+                tracing::warn!(
+                    %error,
+                    url = %crate::config::redact_url(&url),
                     retry_in = ?delay,
                     "cannot reach RabbitMQ; is rabbitmq-server running? retrying"
                 );
             }
+        }
+        if nodes.len() > 1 {
+            tracing::warn!(nodes = nodes.len(), retry_in = ?delay, "no RabbitMQ node reachable; retrying");
         }
         tokio::select! {
             _ = cancel.cancelled() => return None,
@@ -143,23 +170,44 @@ pub async fn publish_confirmed(
     payload: &[u8],
     mandatory: bool,
 ) -> anyhow::Result<()> {
+    let pending = start_publish(ch, exchange, routing_key, message_id, payload, mandatory).await?;
+    await_confirm(pending, routing_key).await
+}
+
+/// Sends one persistent message on a channel in confirm mode; the broker's answer comes later
+/// through [`await_confirm`].
+pub async fn start_publish(
+    ch: &Channel,
+    exchange: &str,
+    routing_key: &str,
+    message_id: &str,
+    payload: &[u8],
+    mandatory: bool,
+) -> anyhow::Result<lapin::PublisherConfirm> {
     let props = BasicProperties::default()
         .with_delivery_mode(2)
         .with_content_type("application/json".into())
         .with_message_id(message_id.into());
-    let confirm = ch
-        .basic_publish(
-            exchange.into(),
-            routing_key.into(),
-            BasicPublishOptions {
-                mandatory,
-                ..Default::default()
-            },
-            payload,
-            props,
-        )
-        .await
-        .context("publishing")?
+    ch.basic_publish(
+        exchange.into(),
+        routing_key.into(),
+        BasicPublishOptions {
+            mandatory,
+            ..Default::default()
+        },
+        payload,
+        props,
+    )
+    .await
+    .context("publishing")
+}
+
+/// Waits for the broker's confirmation of one publish; unroutable or nacked is an error.
+pub async fn await_confirm(
+    pending: lapin::PublisherConfirm,
+    routing_key: &str,
+) -> anyhow::Result<()> {
+    let confirm = pending
         .await
         .context("waiting for the broker's confirmation")?;
     match confirm {
@@ -198,7 +246,8 @@ impl Dispatcher {
 
 /// Settings the dispatcher needs.
 pub struct DispatchSettings {
-    pub amqp_url: String,
+    /// Broker nodes, tried in turn (`Config::amqp_urls`).
+    pub amqp_urls: Vec<String>,
     pub delivery_limit: u32,
     /// Returns the current trusted builder fingerprints (the policy may be reloaded).
     pub builders: Arc<dyn Fn() -> Vec<String> + Send + Sync>,
@@ -229,15 +278,18 @@ async fn dispatch_loop(
     mut decisions: mpsc::Receiver<Decision>,
     cancel: CancellationToken,
 ) {
+    let mut nodes = Failover::new(settings.amqp_urls.clone());
     while !cancel.is_cancelled() {
-        let Some(conn) =
-            connect_with_backoff(&settings.amqp_url, "lockstep-coordinator", &cancel).await
+        let Some(conn) = connect_with_backoff(&mut nodes, "lockstep-coordinator", &cancel).await
         else {
             return;
         };
         match run_connection(&settings, &conn, &jobs, &wake, &mut decisions, &cancel).await {
             Ok(()) => {}
             Err(e) => tracing::warn!(error = %format!("{e:#}"), "AMQP session ended; reconnecting"),
+        }
+        if !conn.status().connected() {
+            nodes.lost();
         }
         let _ = conn.close(200, "coordinator reconnecting".into()).await;
         tokio::select! {
@@ -255,6 +307,9 @@ async fn run_connection(
     decisions: &mut mpsc::Receiver<Decision>,
     cancel: &CancellationToken,
 ) -> anyhow::Result<()> {
+    // Connection errors (the node went away) end the session at once, so the dispatcher fails
+    // over to the next node even while it has nothing to publish.
+    let mut events = Box::pin(conn.events_listener());
     let ch = conn.create_channel().await.context("opening a channel")?;
     ch.confirm_select(ConfirmSelectOptions::default())
         .await
@@ -283,9 +338,18 @@ async fn run_connection(
             let job: &Job = &row.job;
             let payload = serde_json::to_vec(job)?;
             let key = v1::job_routing_key(&job.arch, &job.source);
-            match publish_confirmed(&ch, v1::JOBS_EXCHANGE, &key, &job.job_id, &payload, true).await
-            {
+            let published = async {
+                let pending =
+                    start_publish(&ch, v1::JOBS_EXCHANGE, &key, &job.job_id, &payload, true)
+                        .await?;
+                // T03: a crash here leaves a job the broker may hold but the outbox still lists
+                // as unconfirmed; it is published again after the restart.
+                crate::failpoint::hit("dispatch-before-confirm").await;
+                await_confirm(pending, &key).await
+            };
+            match published.await {
                 Ok(()) => {
+                    crate::failpoint::hit("dispatch-before-mark").await;
                     let (j, id) = (jobs.clone(), job.job_id.clone());
                     tokio::task::spawn_blocking(move || j.mark_confirmed(&id))
                         .await
@@ -319,6 +383,11 @@ async fn run_connection(
             _ = cancel.cancelled() => return Ok(()),
             _ = wake.notified() => {}
             _ = tokio::time::sleep(retry) => {}
+            Some(ev) = events.next() => {
+                if let lapin::Event::Error(e) = ev {
+                    bail!("connection lost: {e}");
+                }
+            }
             Some(d) = decisions.recv() => {
                 let key = format!("{}.{}.{}", d.state, d.arch, d.source);
                 let payload = serde_json::to_vec(&d)?;

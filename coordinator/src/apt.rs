@@ -317,10 +317,19 @@ impl Apt {
         crate::official::system_keyrings(&self.signed_by)
     }
 
-    /// When the archive published a source package: the `Last-Modified` time of its `.dsc` on
-    /// the mirror apt would download it from (the Sources index carries no dates).
+    /// When a source package was uploaded: the date of the first entry of its `debian/changelog`
+    /// (see [`crate::srcdate`]). The file holding the changelog is downloaded from the mirror
+    /// apt would use and checked against the signed Sources index's size and SHA-256 first.
+    /// Dates never change for a (source, version), so each is kept under `<apt root>/dates/`.
     pub async fn uploaded_at(&self, spec: &str) -> anyhow::Result<chrono::DateTime<chrono::Utc>> {
         validate_spec(spec)?;
+        let cache = self.root.join("dates").join(spec.replace(':', "%3a"));
+        if let Some(t) = std::fs::read_to_string(&cache)
+            .ok()
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t.trim()).ok())
+        {
+            return Ok(t.with_timezone(&chrono::Utc));
+        }
         let out = {
             let _guard = self.lock.lock().await;
             self.update_if_stale().await?;
@@ -330,37 +339,59 @@ impl Apt {
             )
             .await?
         };
-        // Lines look like: 'http://host/pool/main/h/hello/hello_2.10-3.dsc' hello_2.10-3.dsc 1847 SHA256:…
-        let url = out
-            .lines()
-            .filter_map(|l| l.strip_prefix('\''))
-            .filter_map(|l| l.split_once('\'').map(|(u, _)| u))
-            .find(|u| u.ends_with(".dsc"))
-            .ok_or_else(|| anyhow::anyhow!("{spec}: apt names no .dsc to download"))?
-            .to_string();
-        let head = Command::new("curl")
-            .args(["-sfI", "--max-time", "30", &url])
+        let files = crate::srcdate::parse_print_uris(&out);
+        let file = crate::srcdate::dating_file(&files).with_context(|| spec.to_string())?;
+        if file.size > crate::srcdate::MAX_DATING_FILE {
+            bail!(
+                "{spec}: {} is {} bytes, above the {} byte limit for dating an upload",
+                file.name,
+                file.size,
+                crate::srcdate::MAX_DATING_FILE
+            );
+        }
+        let expected = file
+            .sha256
+            .clone()
+            .with_context(|| format!("{spec}: apt gives no SHA-256 for {}", file.name))?;
+        let tmp = tempfile::tempdir_in(&self.root).context("creating a download dir")?;
+        let path = tmp.path().join("dating-file");
+        let got = Command::new("curl")
+            .args(["-sf", "--max-time", "300", "-o"])
+            .arg(&path)
+            .arg(&file.url)
             .kill_on_drop(true)
             .output()
             .await
             .context("running curl (install curl)")?;
-        if !head.status.success() {
-            bail!("{spec}: the mirror did not answer for {url}");
+        if !got.status.success() {
+            bail!("{spec}: the mirror did not serve {}", file.url);
         }
-        let text = String::from_utf8_lossy(&head.stdout);
-        let value = text
-            .lines()
-            .find_map(|l| {
-                let (k, v) = l.split_once(':')?;
-                k.eq_ignore_ascii_case("last-modified")
-                    .then(|| v.trim().to_string())
-            })
-            .ok_or_else(|| {
-                anyhow::anyhow!("{spec}: the mirror gives no Last-Modified for {url}")
-            })?;
-        Ok(chrono::DateTime::parse_from_rfc2822(&value)
-            .with_context(|| format!("{spec}: Last-Modified {value:?}"))?
-            .with_timezone(&chrono::Utc))
+        let name = file.name.clone();
+        let expected_size = file.size;
+        let date = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+            let (digest, size) = lockstep_proto::digest::hash_file(&path)
+                .with_context(|| format!("hashing {name}"))?;
+            if digest.to_hex() != expected {
+                bail!("{name}: SHA-256 {digest} does not match the Sources index ({expected}); refused");
+            }
+            if size != expected_size {
+                bail!("{name}: {size} bytes where the Sources index says {expected_size}; refused");
+            }
+            let changelog = crate::srcdate::read_changelog(&path, &name)?;
+            crate::srcdate::changelog_date(&changelog).with_context(|| name.to_string())
+        })
+        .await
+        .context("dating task")?
+        .with_context(|| format!("{spec}: dating the upload"))?;
+        if let Some(dir) = cache.parent() {
+            let _ = std::fs::create_dir_all(dir);
+            let mut part = cache.clone().into_os_string();
+            part.push(".part");
+            if std::fs::write(&part, date.to_rfc3339()).is_ok() {
+                let _ = std::fs::rename(&part, &cache);
+            }
+        }
+        Ok(date)
     }
 
     /// Downloads one binary package (`name:arch=version` or `name=version`) into `dir` and returns

@@ -36,6 +36,9 @@ pub struct RawConfig {
     pub data_dir: Option<PathBuf>,
     /// AMQP URL of the broker.
     pub amqp_url: Option<String>,
+    /// AMQP URLs of the nodes of a RabbitMQ cluster (instead of `amqp_url`), all naming the same
+    /// virtual host: the first reachable one is used, and a lost connection fails over to the next.
+    pub amqp_urls: Option<Vec<String>>,
     /// Policy file (trusted builders, thresholds). Default: `<data_dir>/policy.toml`.
     pub policy: Option<PathBuf>,
     /// Debian architecture of the builders (`dpkg --print-architecture` when unset).
@@ -59,7 +62,8 @@ pub struct Config {
     pub listen: SocketAddr,
     pub public_url: Option<String>,
     pub data_dir: PathBuf,
-    pub amqp_url: String,
+    /// Broker nodes in the order they are tried (one for a single broker).
+    pub amqp_urls: Vec<String>,
     pub policy: PathBuf,
     pub host_arch: Option<String>,
     pub apt_sources: Vec<PathBuf>,
@@ -81,7 +85,8 @@ impl RawConfig {
                 .separator("__")
                 .try_parsing(true)
                 .list_separator(",")
-                .with_list_parse_key("apt_sources"),
+                .with_list_parse_key("apt_sources")
+                .with_list_parse_key("amqp_urls"),
         );
         let raw = b
             .build()
@@ -101,9 +106,14 @@ impl RawConfig {
             .data_dir
             .unwrap_or_else(|| PathBuf::from("/var/lib/lockstep-coordinator"));
         let policy = self.policy.unwrap_or_else(|| data_dir.join("policy.toml"));
-        let amqp_url = self.amqp_url.unwrap_or_else(|| DEFAULT_AMQP.into());
-        if !amqp_url.starts_with("amqp://") && !amqp_url.starts_with("amqps://") {
-            anyhow::bail!("amqp_url = {amqp_url:?} must start with amqp://");
+        let amqp_urls =
+            lockstep_proto::broker::resolve_urls(self.amqp_url, self.amqp_urls, DEFAULT_AMQP)
+                .map_err(anyhow::Error::msg)?;
+        for u in &amqp_urls {
+            // The AMQP client's own parser must accept it too.
+            if let Err(e) = u.parse::<lapin::uri::AMQPUri>() {
+                anyhow::bail!("amqp_url {:?} is not a valid AMQP URI: {e}", redact_url(u));
+            }
         }
         if let Some(u) = &self.public_url {
             if !u.starts_with("http://") && !u.starts_with("https://") {
@@ -123,7 +133,7 @@ impl RawConfig {
             listen,
             public_url: self.public_url.map(|u| u.trim_end_matches('/').to_string()),
             data_dir,
-            amqp_url,
+            amqp_urls,
             policy,
             host_arch: self.host_arch,
             apt_sources,
@@ -153,24 +163,17 @@ impl Config {
         .expect("defaults with a loopback listener are valid")
     }
 
-    /// The config as printed by `check-config`: the AMQP password is redacted.
+    /// The config as printed by `check-config`: the AMQP passwords are redacted.
     pub fn redacted(&self) -> Config {
         let mut c = self.clone();
-        c.amqp_url = redact_url(&c.amqp_url);
+        c.amqp_urls = c.amqp_urls.iter().map(|u| redact_url(u)).collect();
         c
     }
 }
 
 /// Replaces the password of a URL with `***`.
 pub fn redact_url(url: &str) -> String {
-    if let Some((scheme, rest)) = url.split_once("://") {
-        if let Some((creds, host)) = rest.split_once('@') {
-            if let Some((user, _)) = creds.split_once(':') {
-                return format!("{scheme}://{user}:***@{host}");
-            }
-        }
-    }
-    url.to_string()
+    lockstep_proto::broker::redact(url)
 }
 
 #[cfg(test)]
@@ -200,6 +203,66 @@ mod tests {
         .resolve()
         .expect_err("refused");
         assert!(e.to_string().contains("amqp_url"), "{e}");
+    }
+
+    #[test]
+    fn a_cluster_is_a_list_of_urls_and_one_url_still_works() {
+        let one = RawConfig {
+            amqp_url: Some("amqp://u:p@broker:5672/lockstep".into()),
+            ..Default::default()
+        }
+        .resolve()
+        .expect("one URL");
+        assert_eq!(one.amqp_urls, vec!["amqp://u:p@broker:5672/lockstep"]);
+        let urls: Vec<String> = (1..=3)
+            .map(|i| format!("amqp://u:secret@10.0.0.{i}:5672/lockstep"))
+            .collect();
+        let c = RawConfig {
+            amqp_urls: Some(urls.clone()),
+            ..Default::default()
+        }
+        .resolve()
+        .expect("three nodes");
+        assert_eq!(c.amqp_urls, urls);
+        let shown = toml::to_string(&c.redacted()).expect("toml");
+        assert!(
+            shown.contains("amqp://u:***@10.0.0.2:5672/lockstep"),
+            "{shown}"
+        );
+        assert!(!shown.contains("secret"), "{shown}");
+        // The AMQP client connects to the host written in the URL (an IPv4 address included).
+        let parsed: lapin::uri::AMQPUri = urls[1].parse().expect("lapin parses it");
+        assert_eq!(parsed.authority.host, "10.0.0.2");
+        assert_eq!(parsed.vhost, "lockstep");
+        // Why IPv6 literals are refused: the client's parser would go to localhost instead.
+        let v6: lapin::uri::AMQPUri = "amqp://u:p@[fd00::1]:5672/x".parse().expect("parses");
+        assert_eq!(v6.authority.host, "localhost");
+        let e = RawConfig {
+            amqp_url: Some("amqp://u:p@[fd00::1]:5672/x".into()),
+            ..Default::default()
+        }
+        .resolve()
+        .expect_err("IPv6 literal");
+        assert!(e.to_string().contains("IPv6"), "{e}");
+        let e = RawConfig {
+            amqp_url: Some(urls[0].clone()),
+            amqp_urls: Some(urls),
+            ..Default::default()
+        }
+        .resolve()
+        .expect_err("both keys");
+        assert!(e.to_string().contains("not both"), "{e}");
+        let e = RawConfig {
+            amqp_urls: Some(vec![
+                "amqp://u:secret@a:5672/lockstep".into(),
+                "amqp://u:secret@b:5672/other".into(),
+            ]),
+            ..Default::default()
+        }
+        .resolve()
+        .expect_err("two vhosts");
+        assert!(e.to_string().contains("amqp_urls[1]"), "{e}");
+        assert!(!e.to_string().contains("secret"), "{e}");
     }
 
     #[test]

@@ -172,9 +172,10 @@ impl AgentTable {
 /// Consumes agent events until `cancel` fires, reconnecting with backoff.
 pub fn spawn_listener(svc: Arc<Service>, cancel: CancellationToken) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
+        let mut nodes = lockstep_proto::broker::Failover::new(svc.cfg.amqp_urls.clone());
         while !cancel.is_cancelled() {
             let Some(conn) = crate::amqp::connect_with_backoff(
-                &svc.cfg.amqp_url,
+                &mut nodes,
                 "lockstep-coordinator events",
                 &cancel,
             )
@@ -184,6 +185,9 @@ pub fn spawn_listener(svc: Arc<Service>, cancel: CancellationToken) -> tokio::ta
             };
             if let Err(e) = listen(&svc, &conn, &cancel).await {
                 tracing::warn!(error = %format!("{e:#}"), "agent event listener stopped; reconnecting");
+            }
+            if !conn.status().connected() {
+                nodes.lost();
             }
             let _ = conn.close(200, "coordinator reconnecting".into()).await;
             tokio::select! {

@@ -124,7 +124,7 @@ async fn run(cfg: lockstep_coordinator::Config, file: Option<PathBuf>) -> anyhow
         config = %file.as_ref().map_or("(none)".into(), |f| f.display().to_string()),
         listen = %server.addr,
         data_dir = %svc.cfg.data_dir.display(),
-        amqp = %lockstep_coordinator::config::redact_url(&svc.cfg.amqp_url),
+        amqp = %lockstep_proto::broker::redact_all(&svc.cfg.amqp_urls),
         policy = %svc.cfg.policy.display(),
         builders = svc.builder_fingerprints().len(),
         fingerprint = %svc.key.fingerprint(),

@@ -143,7 +143,7 @@ impl Ops {
             .iter()
             .map(|f| v1::builder_queue(f))
             .collect();
-        let d = match tokio::time::timeout(BROKER_TIMEOUT, read_depths(&svc.cfg.amqp_url, &queues))
+        let d = match tokio::time::timeout(BROKER_TIMEOUT, read_depths(&svc.cfg.amqp_urls, &queues))
             .await
         {
             Ok(Ok(q)) => BrokerDepth {
@@ -167,15 +167,31 @@ impl Ops {
     }
 }
 
-async fn read_depths(url: &str, queues: &[String]) -> anyhow::Result<Vec<(String, u32)>> {
+async fn read_depths(urls: &[String], queues: &[String]) -> anyhow::Result<Vec<(String, u32)>> {
     use anyhow::Context;
-    let conn = lapin::Connection::connect(
-        url,
-        lapin::ConnectionProperties::default()
-            .with_connection_name("lockstep-coordinator queue depth".into()),
-    )
-    .await
-    .context("connecting to RabbitMQ to read queue depths")?;
+    // The first node of the cluster that answers (every node serves every queue's counts).
+    let mut conn = None;
+    let mut last_error = None;
+    for url in urls {
+        match lapin::Connection::connect(
+            url,
+            lapin::ConnectionProperties::default()
+                .with_connection_name("lockstep-coordinator queue depth".into()),
+        )
+        .await
+        {
+            Ok(c) => {
+                conn = Some(c);
+                break;
+            }
+            Err(e) => last_error = Some(e),
+        }
+    }
+    let conn = match (conn, last_error) {
+        (Some(c), _) => c,
+        (None, Some(e)) => return Err(e).context("connecting to RabbitMQ to read queue depths"),
+        (None, None) => anyhow::bail!("no broker URL configured"),
+    };
     let mut out = Vec::new();
     for q in queues {
         // A passive declare fails and closes the channel when the queue does not exist (yet),

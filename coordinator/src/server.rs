@@ -55,7 +55,7 @@ impl Server {
         let builders_svc = svc.clone();
         let (dispatcher, dispatch_task) = spawn_dispatcher(
             DispatchSettings {
-                amqp_url: svc.cfg.amqp_url.clone(),
+                amqp_urls: svc.cfg.amqp_urls.clone(),
                 delivery_limit: svc.cfg.delivery_limit,
                 builders: Arc::new(move || builders_svc.builder_fingerprints()),
             },

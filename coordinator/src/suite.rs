@@ -22,8 +22,8 @@ pub struct SuiteRequest {
     pub section: Option<String>,
     /// At most this many sources (in index order).
     pub limit: Option<usize>,
-    /// Only sources the archive published on or after this date (by the `.dsc`'s Last-Modified
-    /// time on the mirror; checked in the background, one request per candidate).
+    /// Only sources uploaded on or after this date (the date of the first `debian/changelog`
+    /// entry; checked in the background, one small download per candidate, cached).
     pub since: Option<chrono::NaiveDate>,
     #[serde(default)]
     pub rebuild: bool,
@@ -140,11 +140,11 @@ pub fn spawn_enqueue(
                 match svc.apt.uploaded_at(&spec).await {
                     Ok(t) if t.date_naive() >= day => {}
                     Ok(t) => {
-                        tracing::debug!(%spec, published = %t, "suite enqueue: published before --since; skipped");
+                        tracing::debug!(%spec, published = %t, "suite enqueue: uploaded before --since; skipped");
                         continue;
                     }
                     Err(e) => {
-                        tracing::warn!(%spec, error = %format!("{e:#}"), "suite enqueue: no publication date; skipped");
+                        tracing::warn!(%spec, error = %format!("{e:#}"), "suite enqueue: upload date unknown; skipped");
                         continue;
                     }
                 }

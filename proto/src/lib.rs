@@ -8,9 +8,11 @@
 //! - [`dsc`]: reading `.dsc` files (deb822) and their checksums.
 //! - [`policy`]: the quorum policy file (trusted builders, thresholds).
 //! - [`quorum`]: pure evaluation of attestations into pending / ship / hold / failed.
+//! - [`broker`]: broker URLs (one node or a cluster's nodes): validation, redaction, failover order.
 //!
 //! Heavy dependencies (database, Docker, AMQP) stay out of this crate so the CLI does not build them.
 
+pub mod broker;
 pub mod digest;
 pub mod dsc;
 pub mod policy;

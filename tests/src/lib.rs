@@ -5,6 +5,7 @@
 //! - [`Cluster::start`]: coordinator on a free loopback port with a temporary data dir, N agents
 //!   with their own keys and state dirs, a policy trusting them.
 //! - [`Vhost`]: a RabbitMQ virtual host made with `rabbitmqctl`, deleted on drop.
+//! - [`rabbit_cluster`]: a RabbitMQ cluster of several local nodes (`scripts/rabbitmq-cluster`), T04.
 //! - [`lockstep_bin`]: the path of a workspace binary (built by `scripts/test` before the tests).
 
 use std::path::{Path, PathBuf};
@@ -14,6 +15,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use lockstep_proto::v1::{State, StatusEntry};
 use tokio_util::sync::CancellationToken;
+
+pub mod rabbit_cluster;
 
 /// The RabbitMQ node the test scripts start (`scripts/rabbitmq`).
 pub fn rabbit_node() -> String {
@@ -28,11 +31,10 @@ pub fn rabbit_port() -> u16 {
         .unwrap_or(5672)
 }
 
-fn rabbitmqctl(args: &[&str]) -> anyhow::Result<()> {
-    let node = rabbit_node();
+fn rabbitmqctl_on(node: &str, args: &[&str]) -> anyhow::Result<()> {
     let out = Command::new("rabbitmqctl")
         .arg("-n")
-        .arg(&node)
+        .arg(node)
         .args(args)
         .output()
         .context("running rabbitmqctl (is rabbitmq-server installed? run scripts/setup)")?;
@@ -49,32 +51,55 @@ fn rabbitmqctl(args: &[&str]) -> anyhow::Result<()> {
 /// A RabbitMQ virtual host of one test.
 pub struct Vhost {
     pub name: String,
+    /// The broker nodes serving it: (Erlang node name, AMQP port). One unless on a cluster.
+    nodes: Vec<(String, u16)>,
 }
 
 impl Vhost {
     pub fn create(prefix: &str) -> anyhow::Result<Vhost> {
+        Vhost::create_on(&[(rabbit_node(), rabbit_port())], prefix)
+    }
+
+    /// A vhost on the nodes of a cluster (made through the first one).
+    pub fn create_on(nodes: &[(String, u16)], prefix: &str) -> anyhow::Result<Vhost> {
         let name = format!(
             "test-{prefix}-{}",
             std::process::id() as u64 * 1000 + rand_suffix()
         );
-        rabbitmqctl(&["add_vhost", &name])?;
-        rabbitmqctl(&["set_permissions", "-p", &name, "guest", ".*", ".*", ".*"])?;
-        Ok(Vhost { name })
+        let node = &nodes.first().context("at least one broker node")?.0;
+        rabbitmqctl_on(node, &["add_vhost", &name])?;
+        rabbitmqctl_on(
+            node,
+            &["set_permissions", "-p", &name, "guest", ".*", ".*", ".*"],
+        )?;
+        Ok(Vhost {
+            name,
+            nodes: nodes.to_vec(),
+        })
     }
 
-    /// AMQP URL of this vhost.
+    /// AMQP URL of this vhost (on the first node).
     pub fn url(&self) -> String {
-        format!(
-            "amqp://guest:guest@127.0.0.1:{}/{}",
-            rabbit_port(),
-            self.name
-        )
+        self.urls().remove(0)
+    }
+
+    /// AMQP URL of this vhost on every node, in node order.
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .map(|(_, port)| format!("amqp://guest:guest@127.0.0.1:{port}/{}", self.name))
+            .collect()
     }
 }
 
 impl Drop for Vhost {
     fn drop(&mut self) {
-        let _ = rabbitmqctl(&["delete_vhost", &self.name]);
+        // Through any node that still answers.
+        for (node, _) in &self.nodes {
+            if rabbitmqctl_on(node, &["delete_vhost", &self.name]).is_ok() {
+                return;
+            }
+        }
     }
 }
 
@@ -111,6 +136,7 @@ pub fn repo_root() -> PathBuf {
 }
 
 /// One agent of a cluster.
+#[derive(Clone)]
 pub struct AgentInfo {
     pub name: String,
     pub fingerprint: String,
@@ -144,6 +170,8 @@ pub struct ClusterOptions {
     pub pids_limit: Option<i64>,
     /// Builder queue delivery limit (coordinator default when `None`).
     pub delivery_limit: Option<u32>,
+    /// Free scratch space each agent needs to start a build (agent default when `None`).
+    pub min_free_bytes: Option<u64>,
 }
 
 impl Default for ClusterOptions {
@@ -155,51 +183,46 @@ impl Default for ClusterOptions {
             memory_bytes: None,
             pids_limit: None,
             delivery_limit: None,
+            min_free_bytes: None,
         }
     }
 }
 
 impl Cluster {
     pub async fn start(name: &str, opts: ClusterOptions) -> anyhow::Result<Cluster> {
+        Cluster::start_on(name, opts, Vhost::create(name)?).await
+    }
+
+    /// Like [`Cluster::start`], on `vhost`: coordinator and agents get every node's URL
+    /// (`amqp_urls`), so they fail over when a broker node goes away (T04).
+    pub async fn start_on(
+        name: &str,
+        opts: ClusterOptions,
+        vhost: Vhost,
+    ) -> anyhow::Result<Cluster> {
         let dir = tempfile::Builder::new()
             .prefix(&format!("lockstep-{name}-"))
             .tempdir()
             .context("creating the test dir")?;
-        let vhost = Vhost::create(name)?;
         let coord_dir = dir.path().join("coordinator");
         std::fs::create_dir_all(coord_dir.join("keys"))?;
-        let mut agents = Vec::new();
-        let mut policy = format!("default_threshold = {}\n", opts.threshold);
-        let mut agent_cfgs = Vec::new();
-        for i in 1..=opts.agents {
-            let name = format!("agent-{i}");
-            let cfg = lockstep_agent::RawConfig {
-                name: Some(name.clone()),
-                state_dir: Some(dir.path().join(&name)),
-                amqp_url: Some(vhost.url()),
+        let agents = prepare_builders(dir.path(), &coord_dir, opts.agents, opts.threshold)?;
+        let agent_cfgs: Vec<lockstep_agent::RawConfig> = agents
+            .iter()
+            .map(|a| lockstep_agent::RawConfig {
+                name: Some(a.name.clone()),
+                state_dir: Some(a.state_dir.clone()),
+                amqp_urls: Some(vhost.urls()),
                 image_recipe: Some(repo_root().join("containers/build-image")),
                 max_build_secs: Some(opts.max_build.as_secs()),
                 memory_bytes: opts.memory_bytes,
                 pids_limit: opts.pids_limit,
+                min_free_bytes: opts.min_free_bytes,
                 ..Default::default()
-            };
-            agent_cfgs.push(cfg);
-            let resolved = agent_cfgs[i - 1].clone().resolve()?;
-            let (key, _) = lockstep_agent::agent::load_key(&resolved)?;
-            let public_key = coord_dir.join(format!("keys/{name}.asc"));
-            std::fs::write(&public_key, key.public_armored()?)?;
-            policy.push_str(&format!(
-                "\n[[builders]]\nname = \"{name}\"\nkey = \"keys/{name}.asc\"\n"
-            ));
-            agents.push(AgentInfo {
-                name,
-                fingerprint: key.fingerprint(),
-                state_dir: resolved.state_dir.clone(),
-                public_key,
-            });
-        }
-        std::fs::write(coord_dir.join("policy.toml"), policy)?;
+            })
+            .collect();
         let mut cfg = lockstep_coordinator::Config::for_data_dir(&coord_dir, &vhost.url());
+        cfg.amqp_urls = vhost.urls();
         if let Some(limit) = opts.delivery_limit {
             cfg.delivery_limit = limit;
         }
@@ -568,6 +591,23 @@ pub fn run_agent_child() -> bool {
     if std::env::var_os(AGENT_CHILD_ENV).is_none() {
         return false;
     }
+    run_as_child("agent child", |shutdown| async move {
+        let cfg = lockstep_agent::RawConfig::load(None)?.resolve()?;
+        let Some(agent) = lockstep_agent::Agent::build(cfg, &shutdown).await? else {
+            return Ok(());
+        };
+        agent.run(shutdown).await
+    });
+    true
+}
+
+/// Runs `body` as the whole life of a child process: logs to stderr, a tokio runtime, SIGTERM
+/// cancels the token; an error exits 1.
+fn run_as_child<F, Fut>(label: &str, body: F)
+where
+    F: FnOnce(CancellationToken) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -578,7 +618,6 @@ pub fn run_agent_child() -> bool {
         .try_init();
     let rt = tokio::runtime::Runtime::new().expect("a tokio runtime");
     let result: anyhow::Result<()> = rt.block_on(async {
-        let cfg = lockstep_agent::RawConfig::load(None)?.resolve()?;
         let shutdown = CancellationToken::new();
         let stop = shutdown.clone();
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -586,16 +625,48 @@ pub fn run_agent_child() -> bool {
             term.recv().await;
             stop.cancel();
         });
-        let Some(agent) = lockstep_agent::Agent::build(cfg, &shutdown).await? else {
-            return Ok(());
-        };
-        agent.run(shutdown).await
+        body(shutdown).await
     });
     if let Err(e) = result {
-        eprintln!("agent child: {e:#}");
+        eprintln!("{label}: {e:#}");
         std::process::exit(1);
     }
-    true
+}
+
+/// Makes `n` agent identities (`agent-1`… with state dirs under `dir`, keys generated) and the
+/// coordinator's `policy.toml` in `coord_dir` trusting them with `threshold`.
+pub fn prepare_builders(
+    dir: &Path,
+    coord_dir: &Path,
+    n: usize,
+    threshold: usize,
+) -> anyhow::Result<Vec<AgentInfo>> {
+    std::fs::create_dir_all(coord_dir.join("keys"))?;
+    let mut agents = Vec::new();
+    let mut policy = format!("default_threshold = {threshold}\n");
+    for i in 1..=n {
+        let name = format!("agent-{i}");
+        let resolved = lockstep_agent::RawConfig {
+            name: Some(name.clone()),
+            state_dir: Some(dir.join(&name)),
+            ..Default::default()
+        }
+        .resolve()?;
+        let (key, _) = lockstep_agent::agent::load_key(&resolved)?;
+        let public_key = coord_dir.join(format!("keys/{name}.asc"));
+        std::fs::write(&public_key, key.public_armored()?)?;
+        policy.push_str(&format!(
+            "\n[[builders]]\nname = \"{name}\"\nkey = \"keys/{name}.asc\"\n"
+        ));
+        agents.push(AgentInfo {
+            name,
+            fingerprint: key.fingerprint(),
+            state_dir: resolved.state_dir.clone(),
+            public_key,
+        });
+    }
+    std::fs::write(coord_dir.join("policy.toml"), policy)?;
+    Ok(agents)
 }
 
 /// How a [`ProcCluster`] starts its agent processes.
@@ -605,6 +676,44 @@ pub enum AgentProgram {
     Binary(PathBuf),
     /// This test binary again, running only the named test, which calls [`run_agent_child`].
     SelfExec(String),
+}
+
+/// The command line of one agent process (the real binary or this test binary re-executed),
+/// configured through `LOCKSTEP__*` like an operator's unit would.
+pub fn agent_command(
+    program: &AgentProgram,
+    a: &AgentInfo,
+    coordinator_url: &str,
+    amqp_url: &str,
+    max_build: Duration,
+) -> anyhow::Result<Command> {
+    let mut cmd = match program {
+        AgentProgram::Binary(p) => Command::new(p),
+        AgentProgram::SelfExec(test) => {
+            let mut c = Command::new(std::env::current_exe()?);
+            c.args([test.as_str(), "--exact", "--nocapture", "--test-threads=1"])
+                .env(AGENT_CHILD_ENV, "1");
+            c
+        }
+    };
+    cmd.env("LOCKSTEP__NAME", &a.name)
+        .env("LOCKSTEP__STATE_DIR", &a.state_dir)
+        .env("LOCKSTEP__COORDINATOR_URL", coordinator_url)
+        .env("LOCKSTEP__AMQP_URL", amqp_url)
+        .env(
+            "LOCKSTEP__IMAGE_RECIPE",
+            repo_root().join("containers/build-image"),
+        )
+        .env("LOCKSTEP__MAX_BUILD_SECS", max_build.as_secs().to_string())
+        .env("LOCKSTEP__STOP_GRACE_SECS", "2")
+        .env("LOCKSTEP__SHUTDOWN_GRACE_SECS", "5")
+        .env(
+            "RUST_LOG",
+            std::env::var("LOCKSTEP_TEST_AGENT_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .env("NO_COLOR", "1")
+        .env_remove("LOCKSTEP_FAILPOINT");
+    Ok(cmd)
 }
 
 /// A coordinator in this process and agents as separate processes, which a test can SIGKILL
@@ -636,30 +745,7 @@ impl ProcCluster {
         let vhost = Vhost::create(name)?;
         let coord_dir = dir.path().join("coordinator");
         std::fs::create_dir_all(coord_dir.join("keys"))?;
-        let mut agents = Vec::new();
-        let mut policy = format!("default_threshold = {}\n", opts.threshold);
-        for i in 1..=opts.agents {
-            let name = format!("agent-{i}");
-            let resolved = lockstep_agent::RawConfig {
-                name: Some(name.clone()),
-                state_dir: Some(dir.path().join(&name)),
-                ..Default::default()
-            }
-            .resolve()?;
-            let (key, _) = lockstep_agent::agent::load_key(&resolved)?;
-            let public_key = coord_dir.join(format!("keys/{name}.asc"));
-            std::fs::write(&public_key, key.public_armored()?)?;
-            policy.push_str(&format!(
-                "\n[[builders]]\nname = \"{name}\"\nkey = \"keys/{name}.asc\"\n"
-            ));
-            agents.push(AgentInfo {
-                name,
-                fingerprint: key.fingerprint(),
-                state_dir: resolved.state_dir.clone(),
-                public_key,
-            });
-        }
-        std::fs::write(coord_dir.join("policy.toml"), policy)?;
+        let agents = prepare_builders(dir.path(), &coord_dir, opts.agents, opts.threshold)?;
         let mut cfg = lockstep_coordinator::Config::for_data_dir(&coord_dir, &vhost.url());
         if let Some(limit) = opts.delivery_limit {
             cfg.delivery_limit = limit;
@@ -695,7 +781,12 @@ impl ProcCluster {
 
     /// The log file of agent `i` (all its runs, appended).
     pub fn agent_log(&self, i: usize) -> PathBuf {
-        self.dir.path().join(format!("{}.log", self.agents[i].name))
+        let name = &self.agents[i].name;
+        // A second process of the same identity ([`ProcCluster::add_agent_process`]) logs apart.
+        if self.agents[..i].iter().any(|a| &a.name == name) {
+            return self.dir.path().join(format!("{name}.{i}.log"));
+        }
+        self.dir.path().join(format!("{name}.log"))
     }
 
     /// Starts agent `i` (index into `agents`) with extra environment variables.
@@ -706,36 +797,14 @@ impl ProcCluster {
             .create(true)
             .append(true)
             .open(self.agent_log(i))?;
-        let mut cmd = match &self.program {
-            AgentProgram::Binary(p) => Command::new(p),
-            AgentProgram::SelfExec(test) => {
-                let mut c = Command::new(std::env::current_exe()?);
-                c.args([test.as_str(), "--exact", "--nocapture", "--test-threads=1"])
-                    .env(AGENT_CHILD_ENV, "1");
-                c
-            }
-        };
-        cmd.env("LOCKSTEP__NAME", &a.name)
-            .env("LOCKSTEP__STATE_DIR", &a.state_dir)
-            .env("LOCKSTEP__COORDINATOR_URL", &self.url)
-            .env("LOCKSTEP__AMQP_URL", self.vhost.url())
-            .env(
-                "LOCKSTEP__IMAGE_RECIPE",
-                repo_root().join("containers/build-image"),
-            )
-            .env(
-                "LOCKSTEP__MAX_BUILD_SECS",
-                self.max_build.as_secs().to_string(),
-            )
-            .env("LOCKSTEP__STOP_GRACE_SECS", "2")
-            .env("LOCKSTEP__SHUTDOWN_GRACE_SECS", "5")
-            .env(
-                "RUST_LOG",
-                std::env::var("LOCKSTEP_TEST_AGENT_LOG").unwrap_or_else(|_| "info".into()),
-            )
-            .env("NO_COLOR", "1")
-            .env_remove("LOCKSTEP_FAILPOINT")
-            .stdin(std::process::Stdio::null())
+        let mut cmd = agent_command(
+            &self.program,
+            a,
+            &self.url,
+            &self.vhost.url(),
+            self.max_build,
+        )?;
+        cmd.stdin(std::process::Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
         for (k, v) in env {
@@ -743,6 +812,72 @@ impl ProcCluster {
         }
         self.procs[i] = Some(cmd.spawn().context("starting an agent process")?);
         Ok(())
+    }
+
+    /// Adds a second process for the builder identity of agent `like`: a new state dir holding
+    /// a copy of its signing key (so it consumes the same queue). Returns its index; start it
+    /// with [`ProcCluster::start_agent`].
+    pub fn add_agent_process(&mut self, like: usize, state_dir: &Path) -> anyhow::Result<usize> {
+        let mut info = self.agents[like].clone();
+        std::fs::create_dir_all(state_dir)?;
+        std::fs::copy(info.state_dir.join("key.asc"), state_dir.join("key.asc"))
+            .context("copying the agent's key")?;
+        info.state_dir = state_dir.to_path_buf();
+        self.agents.push(info);
+        self.procs.push(None);
+        Ok(self.agents.len() - 1)
+    }
+
+    /// Agent `i`'s log (all its runs) without ANSI colour codes.
+    pub fn agent_log_text(&self, i: usize) -> String {
+        let raw = std::fs::read_to_string(self.agent_log(i)).unwrap_or_default();
+        let mut out = String::with_capacity(raw.len());
+        let mut chars = raw.chars();
+        while let Some(ch) = chars.next() {
+            if ch == '\u{1b}' {
+                for c in chars.by_ref() {
+                    if c.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            } else {
+                out.push(ch);
+            }
+        }
+        out
+    }
+
+    /// Lines of agent `i`'s log containing `needle`.
+    pub fn count_in_agent_log(&self, i: usize, needle: &str) -> usize {
+        self.agent_log_text(i)
+            .lines()
+            .filter(|l| l.contains(needle))
+            .count()
+    }
+
+    /// (job, builder fingerprint) → body digests of the attestation records stored for them.
+    pub fn attestations(
+        &self,
+        source: &str,
+        version: &str,
+        arch: &str,
+    ) -> std::collections::BTreeMap<(String, String), Vec<String>> {
+        let mut m: std::collections::BTreeMap<(String, String), Vec<String>> =
+            std::collections::BTreeMap::new();
+        for r in self
+            .coordinator
+            .archive
+            .records_for(source, version, arch, Some("attestation"))
+            .expect("records")
+        {
+            m.entry((
+                r.job_id.clone().unwrap_or_default(),
+                r.signer.clone().unwrap_or_default(),
+            ))
+            .or_default()
+            .push(r.body_sha256.to_hex());
+        }
+        m
     }
 
     /// SIGKILLs agent `i` (by its child handle) and reaps it. No-op if it is not running.
@@ -877,4 +1012,171 @@ pub async fn enqueue_dsc_http(url: &str, dsc: &Path) -> anyhow::Result<Vec<Strin
                 .collect()
         })
         .unwrap_or_default())
+}
+
+/// Environment variable that turns a re-executed test binary into a coordinator process
+/// ([`run_coordinator_child`]).
+pub const COORDINATOR_CHILD_ENV: &str = "LOCKSTEP_TEST_COORDINATOR_CHILD";
+
+/// When [`COORDINATOR_CHILD_ENV`] is set, runs a real coordinator configured from `LOCKSTEP__*`
+/// (exactly as `lockstep-coordinator run` does) until SIGTERM or SIGKILL, and returns `true`;
+/// otherwise returns `false` at once. The coordinator built into a test binary has the
+/// `failpoints` crash injection (see tests/Cargo.toml).
+pub fn run_coordinator_child() -> bool {
+    if std::env::var_os(COORDINATOR_CHILD_ENV).is_none() {
+        return false;
+    }
+    run_as_child("coordinator child", |shutdown| async move {
+        let cfg = lockstep_coordinator::RawConfig::load(None)?.resolve()?;
+        lockstep_coordinator::Server::build(cfg)
+            .await?
+            .run(shutdown)
+            .await
+    });
+    true
+}
+
+/// A free loopback port (bound then released).
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// How a [`CoordinatorProcess`] is started.
+#[derive(Clone, Debug)]
+pub enum CoordinatorProgram {
+    /// The real `lockstep-coordinator` binary of the workspace.
+    Binary,
+    /// This test binary again, running only the named test, which calls
+    /// [`run_coordinator_child`] (a coordinator with the `failpoints` crash injection).
+    SelfExec(String),
+}
+
+/// A coordinator as a child process on a fixed loopback port, which a test can SIGKILL, crash
+/// at a failpoint and restart on the same data dir (T03, T11).
+pub struct CoordinatorProcess {
+    pub child: std::process::Child,
+    pub url: String,
+    pub log: PathBuf,
+}
+
+impl CoordinatorProcess {
+    /// Starts it; its output is appended to `log`. `env` adds variables (e.g. a failpoint).
+    pub fn start(
+        program: &CoordinatorProgram,
+        data_dir: &Path,
+        port: u16,
+        amqp: &str,
+        log: &Path,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<CoordinatorProcess> {
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .context("opening the coordinator log")?;
+        let mut cmd = match program {
+            CoordinatorProgram::Binary => {
+                let mut c = Command::new(lockstep_bin("lockstep-coordinator"));
+                c.arg("run");
+                c
+            }
+            CoordinatorProgram::SelfExec(test) => {
+                let mut c = Command::new(std::env::current_exe()?);
+                c.args([test.as_str(), "--exact", "--nocapture", "--test-threads=1"])
+                    .env(COORDINATOR_CHILD_ENV, "1");
+                c
+            }
+        };
+        cmd.env("LOCKSTEP__DATA_DIR", data_dir)
+            .env("LOCKSTEP__LISTEN", format!("127.0.0.1:{port}"))
+            .env("LOCKSTEP__AMQP_URL", amqp)
+            .env(
+                "RUST_LOG",
+                std::env::var("LOCKSTEP_TEST_COORDINATOR_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .env("NO_COLOR", "1")
+            .env_remove("LOCKSTEP_FAILPOINT")
+            .stdin(std::process::Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        Ok(CoordinatorProcess {
+            child: cmd.spawn().context("starting the coordinator process")?,
+            url: format!("http://127.0.0.1:{port}"),
+            log: log.to_path_buf(),
+        })
+    }
+
+    /// The last 40 lines of its log.
+    pub fn log_tail(&self) -> String {
+        let s = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = s.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    /// Polls the health endpoint until it answers (bounded), failing if the process exits.
+    pub async fn wait_healthy(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        let http = reqwest::Client::new();
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                bail!(
+                    "the coordinator exited at startup ({status}):\n{}",
+                    self.log_tail()
+                );
+            }
+            if let Ok(r) = http.get(format!("{}/api/v1/health", self.url)).send().await {
+                if r.status().is_success() {
+                    return Ok(());
+                }
+            }
+            if started.elapsed() > timeout {
+                bail!(
+                    "the coordinator did not become healthy within {timeout:?}:\n{}",
+                    self.log_tail()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits (bounded) for the process to end by itself, e.g. at a failpoint.
+    pub async fn wait_exit(
+        &mut self,
+        timeout: Duration,
+    ) -> anyhow::Result<std::process::ExitStatus> {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if started.elapsed() > timeout {
+                bail!(
+                    "the coordinator still runs after {timeout:?}:\n{}",
+                    self.log_tail()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// SIGKILL (`Child::kill` is SIGKILL on Unix) and reap.
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM (a clean shutdown) and reap, SIGKILL after `grace`.
+    pub async fn stop(mut self, grace: Duration) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        if self.wait_exit(grace).await.is_err() {
+            self.kill9();
+        }
+    }
 }

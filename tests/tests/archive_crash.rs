@@ -15,7 +15,7 @@
 mod archive_support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use archive_support::{free_port, text, write_upload};
 use lockstep_proto::digest::Sha256Digest;
 use lockstep_proto::signing::SigningKey;
+use lockstep_tests::{CoordinatorProcess, CoordinatorProgram};
 
 /// Kill/restart rounds (`LOCKSTEP_CRASH_ROUNDS` runs more, e.g. for a soak).
 const ROUNDS: usize = 8;
@@ -87,72 +88,21 @@ struct Upload {
     changes: Vec<u8>,
 }
 
-/// The coordinator child process and its address.
-struct Coordinator {
-    child: Child,
-    url: String,
-}
-
-impl Coordinator {
-    fn start(data_dir: &Path, amqp: &str, log: &Path) -> Coordinator {
-        let port = free_port();
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .expect("open the coordinator log");
-        let child = Command::new(lockstep_tests::lockstep_bin("lockstep-coordinator"))
-            .arg("run")
-            .env("LOCKSTEP__DATA_DIR", data_dir)
-            .env("LOCKSTEP__LISTEN", format!("127.0.0.1:{port}"))
-            .env("LOCKSTEP__AMQP_URL", amqp)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("dup log"))
-            .stderr(log)
-            .spawn()
-            .expect("start lockstep-coordinator");
-        Coordinator {
-            child,
-            url: format!("http://127.0.0.1:{port}"),
-        }
-    }
-
-    /// Polls the health endpoint until it answers (bounded), failing if the process exits.
-    async fn wait_healthy(&mut self, http: &reqwest::Client, log: &Path) {
-        let started = Instant::now();
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!(
-                    "the coordinator exited at startup ({status}):\n{}",
-                    tail(log)
-                );
-            }
-            if let Ok(r) = http.get(format!("{}/api/v1/health", self.url)).send().await {
-                if r.status().is_success() {
-                    return;
-                }
-            }
-            assert!(
-                started.elapsed() < START_TIMEOUT,
-                "the coordinator did not become healthy within {START_TIMEOUT:?}:\n{}",
-                tail(log)
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// SIGKILL (`Child::kill` is SIGKILL on Unix) and reap.
-    fn kill9(mut self) {
-        self.child.kill().expect("SIGKILL the coordinator");
-        self.child.wait().expect("reap the coordinator");
-    }
-}
-
-fn tail(log: &Path) -> String {
-    let s = std::fs::read_to_string(log).unwrap_or_default();
-    let lines: Vec<&str> = s.lines().collect();
-    lines[lines.len().saturating_sub(40)..].join("\n")
+/// The real `lockstep-coordinator` binary on `data`, healthy.
+async fn start_coordinator(data: &Path, amqp: &str, log: &Path) -> CoordinatorProcess {
+    let mut c = CoordinatorProcess::start(
+        &CoordinatorProgram::Binary,
+        data,
+        free_port(),
+        amqp,
+        log,
+        &[],
+    )
+    .expect("start lockstep-coordinator");
+    c.wait_healthy(START_TIMEOUT)
+        .await
+        .expect("the coordinator becomes healthy");
+    c
 }
 
 fn lockstep(args: &[&str]) -> std::process::Output {
@@ -359,8 +309,7 @@ async fn acknowledged_writes_survive_sigkill_at_random_points() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(ROUNDS);
     for round in 0..rounds {
-        let mut coord = Coordinator::start(&data, &vhost.url(), &log);
-        coord.wait_healthy(&http, &log).await;
+        let coord = start_coordinator(&data, &vhost.url(), &log).await;
         let url = coord.url.clone();
 
         // The log key survives every crash, and each checkpoint extends the last one.
@@ -453,8 +402,7 @@ async fn acknowledged_writes_survive_sigkill_at_random_points() {
     }
 
     // Final restart and checks.
-    let mut coord = Coordinator::start(&data, &vhost.url(), &log);
-    coord.wait_healthy(&http, &log).await;
+    let coord = start_coordinator(&data, &vhost.url(), &log).await;
     let url = coord.url.clone();
     let acked = std::mem::take(&mut *acked.lock().expect("not poisoned"));
     let mut lost = Vec::new();

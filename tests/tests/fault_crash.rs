@@ -6,7 +6,6 @@
 //! attestation per (job, builder), its bytes unchanged; decisions equal a fault-free run (these
 //! packages ship when nothing goes wrong: both builders produce identical bytes).
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use lockstep_proto::v1::State;
@@ -31,32 +30,6 @@ fn opts(agents: usize) -> ClusterOptions {
     }
 }
 
-/// Agent `i`'s log without ANSI colour codes.
-fn agent_log(c: &ProcCluster, i: usize) -> String {
-    let raw = std::fs::read_to_string(c.agent_log(i)).unwrap_or_default();
-    let mut out = String::with_capacity(raw.len());
-    let mut chars = raw.chars();
-    while let Some(ch) = chars.next() {
-        if ch == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(ch);
-        }
-    }
-    out
-}
-
-fn count_in_log(c: &ProcCluster, i: usize, needle: &str) -> usize {
-    agent_log(c, i)
-        .lines()
-        .filter(|l| l.contains(needle))
-        .count()
-}
-
 /// Ids of Docker containers (any state) labelled with one of `jobs`.
 fn containers_of(jobs: &[String]) -> Vec<String> {
     let mut ids = Vec::new();
@@ -77,29 +50,6 @@ fn containers_of(jobs: &[String]) -> Vec<String> {
         );
     }
     ids
-}
-
-/// (job, builder fingerprint) → attestation record body digests.
-fn attestations(
-    c: &ProcCluster,
-    source: &str,
-    arch: &str,
-) -> BTreeMap<(String, String), Vec<String>> {
-    let mut m: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
-    for r in c
-        .coordinator
-        .archive
-        .records_for(source, "1.0", arch, Some("attestation"))
-        .expect("records")
-    {
-        m.entry((
-            r.job_id.clone().unwrap_or_default(),
-            r.signer.clone().unwrap_or_default(),
-        ))
-        .or_default()
-        .push(r.body_sha256.to_hex());
-    }
-    m
 }
 
 async fn wait_queues_empty(c: &ProcCluster, timeout: Duration) {
@@ -159,7 +109,7 @@ async fn t02_crash_after_upload_before_ack_is_acked_on_redelivery_without_rebuil
         .expect("exists")
         .job
         .arch;
-    let before = attestations(&c, "lockstep-t02", &arch);
+    let before = c.attestations("lockstep-t02", "1.0", &arch);
     assert_eq!(before[&(job.clone(), fpr.clone())].len(), 1);
     let unacked: u64 = queue_counts(&c.vhost.name)
         .expect("queues")
@@ -177,19 +127,19 @@ async fn t02_crash_after_upload_before_ack_is_acked_on_redelivery_without_rebuil
         .expect("decided");
     assert_eq!(rows[0].state, State::Ship, "{:#?}", rows[0]);
     wait_queues_empty(&c, Duration::from_secs(120)).await;
-    let after = attestations(&c, "lockstep-t02", &arch);
+    let after = c.attestations("lockstep-t02", "1.0", &arch);
     assert_eq!(
         after[&(job.clone(), fpr.clone())],
         before[&(job.clone(), fpr.clone())],
         "one attestation, same bytes"
     );
     assert!(after.values().all(|v| v.len() == 1), "{after:?}");
-    let builds = count_in_log(&c, 0, "phase=Building");
-    let acked = count_in_log(&c, 0, "attestation already stored; acking the redelivery");
-    let redelivered = count_in_log(&c, 0, "redelivered=true");
+    let builds = c.count_in_agent_log(0, "phase=Building");
+    let acked = c.count_in_agent_log(0, "attestation already stored; acking the redelivery");
+    let redelivered = c.count_in_agent_log(0, "redelivered=true");
     assert_eq!(builds, 1, "agent-1 built once");
     assert_eq!(
-        count_in_log(&c, 0, "phase=Uploading"),
+        c.count_in_agent_log(0, "phase=Uploading"),
         1,
         "agent-1 uploaded once: the redelivery added no object"
     );
@@ -265,7 +215,8 @@ async fn t01_agents_killed_at_random_phases_lose_and_duplicate_nothing() {
             break;
         }
         let i = kills.len() % 2;
-        let phase = agent_log(&c, i)
+        let phase = c
+            .agent_log_text(i)
             .lines()
             .rev()
             .find_map(|l| {
@@ -291,7 +242,7 @@ async fn t01_agents_killed_at_random_phases_lose_and_duplicate_nothing() {
         if row.state != State::Ship {
             differing += 1;
         }
-        let atts = attestations(&c, &row.source, &row.arch);
+        let atts = c.attestations(&row.source, "1.0", &row.arch);
         for ((job, builder), bodies) in &atts {
             if bodies.len() > 1 {
                 duplicates += bodies.len() - 1;
@@ -310,9 +261,11 @@ async fn t01_agents_killed_at_random_phases_lose_and_duplicate_nothing() {
         );
     }
     let redeliveries: usize = (0..2)
-        .map(|i| count_in_log(&c, i, "redelivered=true"))
+        .map(|i| c.count_in_agent_log(i, "redelivered=true"))
         .sum();
-    let builds: usize = (0..2).map(|i| count_in_log(&c, i, "phase=Building")).sum();
+    let builds: usize = (0..2)
+        .map(|i| c.count_in_agent_log(i, "phase=Building"))
+        .sum();
     let left = containers_of(&jobs);
     eprintln!(
         "T01 figures: seed {seed}, jobs {}, builders 2, faults injected {} ({}), redeliveries \

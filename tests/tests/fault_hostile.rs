@@ -183,7 +183,7 @@ async fn hostile_builds_are_contained_and_containers_are_hardened() {
             max_build: Duration::from_secs(300),
             memory_bytes: Some(MEMORY),
             pids_limit: Some(PIDS),
-            delivery_limit: None,
+            ..Default::default()
         },
     )
     .await

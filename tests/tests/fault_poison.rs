@@ -126,3 +126,79 @@ async fn poison_jobs_are_dead_lettered_with_a_reason_and_other_jobs_continue() {
     );
     c.stop().await;
 }
+
+/// T07, the other half: a job that fails every attempt with an infrastructure error (here its
+/// only builder never has the free scratch space it requires) is requeued each time, so the
+/// agent alone would retry it forever. The builder queue's delivery limit ends that: after
+/// `DELIVERY_LIMIT` deliveries the broker dead-letters it with reason `delivery_limit`, nothing
+/// is recorded for it, and the job stays visibly pending.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_job_requeued_on_every_attempt_is_dead_lettered_by_the_delivery_limit() {
+    let t0 = Instant::now();
+    let c = Cluster::start(
+        "limit",
+        ClusterOptions {
+            agents: 1,
+            threshold: 1,
+            delivery_limit: Some(DELIVERY_LIMIT),
+            min_free_bytes: Some(1 << 60),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("cluster starts");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dsc = synthetic_package(dir.path(), "lockstep-t07b", "1.0", "true").expect("package");
+    let out = c.cli(&["enqueue", "--dsc", dsc.to_str().expect("utf-8")]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let started = Instant::now();
+    let mut dead = Vec::new();
+    while dead.is_empty() {
+        dead.extend(
+            drain_dead_letters(&c.vhost.url())
+                .await
+                .expect("dead letters"),
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "not dead-lettered"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let queue = builder_queue(&c.agents[0].fingerprint);
+    let d = &dead[0];
+    assert!(
+        d.deaths
+            .iter()
+            .any(|x| x.contains(&queue) && x.contains("reason=delivery_limit")),
+        "dead-lettered by the delivery limit: {d:#?}"
+    );
+    let rows = c.coordinator.status(Some("lockstep-t07b")).expect("status");
+    assert_eq!(rows.len(), 1, "{rows:#?}");
+    assert_eq!(rows[0].state, State::Pending, "{rows:#?}");
+    assert!(
+        rows[0].failures.is_empty(),
+        "no failure recorded: {rows:#?}"
+    );
+    assert!(
+        c.coordinator
+            .archive
+            .records_for("lockstep-t07b", "1.0", &rows[0].arch, Some("attestation"))
+            .expect("records")
+            .is_empty(),
+        "no attestation recorded"
+    );
+    eprintln!(
+        "T07 figures (delivery limit): jobs 1, delivery limit {DELIVERY_LIMIT}, every attempt an \
+         infrastructure error (requeued), dead-lettered 1, reason {}, failure records 0, \
+         attestations 0; wall {:.0} s",
+        d.first_reason.as_deref().unwrap_or("?"),
+        t0.elapsed().as_secs_f64()
+    );
+    c.stop().await;
+}

@@ -30,6 +30,11 @@ pub struct RuntimeConfig {
     /// Docker network of the dependency-installation step (`bridge` by default). The build step
     /// always runs with network `none`.
     pub deps_network: String,
+    /// Free bytes the scratch filesystem (the agent's work dir) must have before a build starts.
+    /// A build that fails while less than this is free is an infrastructure error (the disk
+    /// filled up), not a verdict on the package: it is requeued for another agent, and nothing
+    /// is uploaded.
+    pub min_free_bytes: u64,
 }
 
 impl Default for RuntimeConfig {
@@ -53,6 +58,9 @@ impl Default for RuntimeConfig {
             // 1 GiB of RAM-backed /tmp at most; builds write their trees under /build instead.
             tmpfs_size: "1g".to_owned(),
             deps_network: "bridge".to_owned(),
+            // 2 GiB: hello needs a few MiB; a package that needs more fails over to an agent
+            // with room, and operators of big builds raise it.
+            min_free_bytes: 2 << 30,
         }
     }
 }

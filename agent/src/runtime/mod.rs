@@ -392,6 +392,7 @@ impl Runtime {
             timings,
         };
 
+        self.check_scratch(req, "before the build")?;
         let dirs = {
             let (req, uid) = (req.clone(), cfg.build_uid);
             tokio::task::spawn_blocking(move || prepare_dirs(&req, uid))
@@ -419,8 +420,10 @@ impl Runtime {
         )
         .await?;
         log.note(&format!("deps: {exit:?}"));
+        let mut satisfied = false;
         match exit {
             Exit::Code(0) => {}
+            Exit::Code(spec::DEPS_EXIT_SATISFIED) => satisfied = true,
             Exit::Code(spec::DEPS_EXIT_TEMPFAIL) => {
                 return Err(RuntimeError::Infrastructure(format!(
                     "apt-get update failed in the deps step: {}",
@@ -428,6 +431,7 @@ impl Runtime {
                 )))
             }
             Exit::Code(code) => {
+                self.check_scratch(req, "when the deps step failed")?;
                 timings.push(("deps".to_owned(), started.elapsed()));
                 let status = BuildStatus::Failed {
                     exit_code: code,
@@ -441,7 +445,12 @@ impl Runtime {
             }
             Exit::Cancelled => return Err(RuntimeError::Cancelled),
         }
-        let deps_image = resources.commit(&deps, &dirs.build).await?;
+        // Nothing installed: the build runs in the verified image itself, no commit needed.
+        let deps_image = if satisfied {
+            req.image.name.clone()
+        } else {
+            resources.commit(&deps, &dirs.build).await?
+        };
         resources.remove_container(&deps).await?;
         timings.push(("deps".to_owned(), started.elapsed()));
 
@@ -467,6 +476,9 @@ impl Runtime {
         // Nothing of the build may still run while its outputs are read.
         resources.remove_container(&build).await?;
         timings.push(("build".to_owned(), started.elapsed()));
+        if exit != Exit::Code(0) {
+            self.check_scratch(req, "when the build ended")?;
+        }
         match exit {
             Exit::Code(0) => {}
             Exit::Code(code) => {
@@ -500,6 +512,34 @@ impl Runtime {
         done.changes = collected.changes;
         Ok(done)
     }
+}
+
+impl Runtime {
+    /// Refuses to go on (an infrastructure error: requeued, nothing uploaded) when the
+    /// filesystem of the job's work dir has less than `min_free_bytes` free.
+    fn check_scratch(&self, req: &BuildRequest, when: &str) -> Result<(), RuntimeError> {
+        let free = free_bytes(&req.work_dir).map_err(|e| {
+            RuntimeError::Infrastructure(format!(
+                "reading free space of {}: {e}",
+                req.work_dir.display()
+            ))
+        })?;
+        if free < self.cfg.min_free_bytes {
+            return Err(RuntimeError::Infrastructure(format!(
+                "scratch space full {when}: {} has {free} bytes free, below min_free_bytes = {}; \
+                 free disk space there or move the agent's state_dir",
+                req.work_dir.display(),
+                self.cfg.min_free_bytes
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Bytes an unprivileged writer may still use on the filesystem holding `path`.
+pub fn free_bytes(path: &Path) -> std::io::Result<u64> {
+    let s = rustix::fs::statvfs(path)?;
+    Ok(s.f_bavail.saturating_mul(s.f_frsize))
 }
 
 /// Creates `work_dir/build/reproducible-path`, owned by the build user, and copies the source

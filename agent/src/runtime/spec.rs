@@ -32,6 +32,9 @@ pub(crate) const BUILD_PATH_ENV: &str =
 /// Exit code the deps script uses when `apt-get update` fails (EX_TEMPFAIL): a mirror or network
 /// problem, retryable elsewhere, as opposed to unsatisfiable build dependencies.
 pub(crate) const DEPS_EXIT_TEMPFAIL: i64 = 75;
+/// Exit code of the deps script when the image already satisfies every build dependency:
+/// nothing was installed, so the build runs in the image itself (no commit).
+pub(crate) const DEPS_EXIT_SATISFIED: i64 = 10;
 /// Capabilities apt and dpkg need as root to unpack and configure packages (owners, modes,
 /// setuid bits, apt's `_apt` download sandbox and stopping its own helpers). Everything else is
 /// dropped.
@@ -53,9 +56,16 @@ pub(crate) const LABEL_ROLE: &str = "org.lockstep.role";
 pub(crate) const LABEL_WORKDIR: &str = "org.lockstep.workdir";
 
 /// The deps step: install build dependencies as root. `$1` is the `.dsc`, `$2` the apt-get
-/// option selecting arch-dependent or arch-independent build dependencies.
+/// option selecting arch-dependent or arch-independent build dependencies. When the image
+/// already satisfies them (apt, with the image's empty lists, would install nothing), the index
+/// download is skipped: it could not change what the build sees.
 const DEPS_SCRIPT: &str = r#"set -eu
 export DEBIAN_FRONTEND=noninteractive
+if apt-get build-dep --simulate --no-install-recommends "$2" "$1" 2>/dev/null \
+    | grep -q '^0 upgraded, 0 newly installed, 0 to remove'; then
+  echo "lockstep: the image satisfies every build dependency; nothing to install"
+  exit 10
+fi
 apt-get update --error-on=any || exit 75
 apt-get build-dep --yes --no-install-recommends "$2" "$1"
 apt-get clean

@@ -91,9 +91,5 @@ pub fn write_upload(
 
 /// A free loopback port (bound then released).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
+    lockstep_tests::free_port().expect("a free loopback port")
 }
