@@ -32,20 +32,9 @@ pub fn rabbit_port() -> u16 {
 }
 
 fn rabbitmqctl_on(node: &str, args: &[&str]) -> anyhow::Result<()> {
-    let out = Command::new("rabbitmqctl")
-        .arg("-n")
-        .arg(node)
-        .args(args)
-        .output()
-        .context("running rabbitmqctl (is rabbitmq-server installed? run scripts/setup)")?;
-    if !out.status.success() {
-        bail!(
-            "rabbitmqctl {} failed: {} (is the node running? scripts/rabbitmq start)",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
+    rabbit_cluster::ctl(node, args)
+        .map(|_| ())
+        .context("is the node running? scripts/rabbitmq start (after scripts/setup)")
 }
 
 /// A RabbitMQ virtual host of one test.
@@ -189,6 +178,16 @@ impl Default for ClusterOptions {
 }
 
 impl Cluster {
+    /// (job, builder fingerprint) → body digests of the attestation records stored for them.
+    pub fn attestations(
+        &self,
+        source: &str,
+        version: &str,
+        arch: &str,
+    ) -> std::collections::BTreeMap<(String, String), Vec<String>> {
+        attestations_in(&self.coordinator.archive, source, version, arch)
+    }
+
     pub async fn start(name: &str, opts: ClusterOptions) -> anyhow::Result<Cluster> {
         Cluster::start_on(name, opts, Vhost::create(name)?).await
     }
@@ -428,20 +427,7 @@ pub fn synthetic_package_rules(
 
 /// Runs `rabbitmqctl -n <node> <args>` and returns its standard output.
 pub fn rabbitmqctl_output(args: &[&str]) -> anyhow::Result<String> {
-    let out = Command::new("rabbitmqctl")
-        .arg("-n")
-        .arg(rabbit_node())
-        .args(args)
-        .output()
-        .context("running rabbitmqctl")?;
-    if !out.status.success() {
-        bail!(
-            "rabbitmqctl {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    rabbit_cluster::ctl(&rabbit_node(), args)
 }
 
 /// (ready, unacked) message counts of every queue of `vhost`, by queue name.
@@ -862,22 +848,7 @@ impl ProcCluster {
         version: &str,
         arch: &str,
     ) -> std::collections::BTreeMap<(String, String), Vec<String>> {
-        let mut m: std::collections::BTreeMap<(String, String), Vec<String>> =
-            std::collections::BTreeMap::new();
-        for r in self
-            .coordinator
-            .archive
-            .records_for(source, version, arch, Some("attestation"))
-            .expect("records")
-        {
-            m.entry((
-                r.job_id.clone().unwrap_or_default(),
-                r.signer.clone().unwrap_or_default(),
-            ))
-            .or_default()
-            .push(r.body_sha256.to_hex());
-        }
-        m
+        attestations_in(&self.coordinator.archive, source, version, arch)
     }
 
     /// SIGKILLs agent `i` (by its child handle) and reaps it. No-op if it is not running.
@@ -1177,6 +1148,55 @@ impl CoordinatorProcess {
             .status();
         if self.wait_exit(grace).await.is_err() {
             self.kill9();
+        }
+    }
+}
+
+/// (job, builder fingerprint) → body digests of every attestation record of (source, version,
+/// arch) in `archive`. More than one digest under a key is a duplicate attestation (I2).
+pub fn attestations_in(
+    archive: &lockstep_archive::Archive,
+    source: &str,
+    version: &str,
+    arch: &str,
+) -> std::collections::BTreeMap<(String, String), Vec<String>> {
+    let mut m: std::collections::BTreeMap<(String, String), Vec<String>> =
+        std::collections::BTreeMap::new();
+    for r in archive
+        .records_for(source, version, arch, Some("attestation"))
+        .expect("records")
+    {
+        m.entry((r.job_id.unwrap_or_default(), r.signer.unwrap_or_default()))
+            .or_default()
+            .push(r.body_sha256.to_hex());
+    }
+    m
+}
+
+/// Attestations in a map of [`attestations_in`], and how many of them are duplicates.
+pub fn count_attestations(
+    m: &std::collections::BTreeMap<(String, String), Vec<String>>,
+) -> (usize, usize) {
+    let total = m.values().map(Vec::len).sum();
+    (total, total - m.len())
+}
+
+/// Stops (`stop_app`) or starts (`start_app`) the RabbitMQ application on the test node: every
+/// connection drops, the node's data stays.
+pub fn broker_app(action: &str) -> anyhow::Result<()> {
+    rabbitmqctl_on(&rabbit_node(), &[action])
+}
+
+/// Starts the broker application again when dropped while `armed`, so a failed assertion during
+/// an outage does not leave the shared node stopped for the tests after it.
+pub struct StartBrokerAgain {
+    pub armed: bool,
+}
+
+impl Drop for StartBrokerAgain {
+    fn drop(&mut self) {
+        if self.armed {
+            let _ = broker_app("start_app");
         }
     }
 }

@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 
 use lockstep_proto::v1::{self, Phase, State};
 use lockstep_tests::rabbit_cluster::{ctl, BrokerCluster};
-use lockstep_tests::{enqueue_dsc_http, synthetic_package, Cluster, ClusterOptions};
+use lockstep_tests::{
+    count_attestations, enqueue_dsc_http, synthetic_package, Cluster, ClusterOptions,
+};
 
 /// Starts the stopped node again even when an assertion fails, so a reused cluster stays whole.
 struct StartAgain<'a> {
@@ -197,20 +199,9 @@ async fn losing_the_connected_broker_node_loses_nothing_and_dispatch_resumes() {
     let mut attestations = 0;
     for s in &sources {
         for row in c.coordinator.status(Some(s)).expect("status") {
-            let recs = c
-                .coordinator
-                .archive
-                .records_for(s, &row.version, &row.arch, Some("attestation"))
-                .expect("records");
-            let mut keys: Vec<(Option<String>, Option<String>)> = recs
-                .iter()
-                .map(|r| (r.job_id.clone(), r.signer.clone()))
-                .collect();
-            attestations += keys.len();
-            let n = keys.len();
-            keys.sort();
-            keys.dedup();
-            duplicates += n - keys.len();
+            let (total, dup) = count_attestations(&c.attestations(s, &row.version, &row.arch));
+            attestations += total;
+            duplicates += dup;
         }
     }
 

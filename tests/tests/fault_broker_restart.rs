@@ -3,34 +3,12 @@
 //! consumers; a job enqueued during the outage waits in the outbox; nothing is lost and nothing
 //! is attested twice.
 
-use std::process::Command;
 use std::time::Duration;
 
 use lockstep_proto::v1::State;
-use lockstep_tests::{rabbit_node, synthetic_package, Cluster, ClusterOptions};
-
-fn rabbitmqctl(arg: &str) {
-    let out = Command::new("rabbitmqctl")
-        .args(["-n", &rabbit_node(), arg])
-        .output()
-        .expect("rabbitmqctl runs");
-    assert!(
-        out.status.success(),
-        "{arg}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Starts the broker application again even when an assertion fails.
-struct StartAgain(bool);
-
-impl Drop for StartAgain {
-    fn drop(&mut self) {
-        if !self.0 {
-            rabbitmqctl("start_app");
-        }
-    }
-}
+use lockstep_tests::{
+    broker_app, count_attestations, synthetic_package, Cluster, ClusterOptions, StartBrokerAgain,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_broker_restart_mid_run_loses_nothing_and_duplicates_nothing() {
@@ -51,8 +29,8 @@ async fn a_broker_restart_mid_run_loses_nothing_and_duplicates_nothing() {
     }
     // Let the jobs be dispatched and the builds start, then take the broker away.
     tokio::time::sleep(Duration::from_secs(8)).await;
-    rabbitmqctl("stop_app");
-    let mut guard = StartAgain(false);
+    broker_app("stop_app").expect("stop the broker application");
+    let mut guard = StartBrokerAgain { armed: true };
     // A job enqueued while the broker is down is stored and waits in the outbox.
     let dsc = synthetic_package(dir.path(), "lockstep-restart-c", "1.0", "true").expect("package");
     let out = c.cli(&["enqueue", "--dsc", dsc.to_str().expect("utf-8")]);
@@ -63,8 +41,8 @@ async fn a_broker_restart_mid_run_loses_nothing_and_duplicates_nothing() {
     );
     sources.push("lockstep-restart-c");
     tokio::time::sleep(Duration::from_secs(5)).await;
-    rabbitmqctl("start_app");
-    guard.0 = true;
+    broker_app("start_app").expect("start the broker application");
+    guard.armed = false;
 
     let mut lost = 0;
     for s in &sources {
@@ -79,19 +57,8 @@ async fn a_broker_restart_mid_run_loses_nothing_and_duplicates_nothing() {
     let mut duplicates = 0;
     for s in &sources {
         for row in c.coordinator.status(Some(s)).expect("status") {
-            let recs = c
-                .coordinator
-                .archive
-                .records_for(s, &row.version, &row.arch, Some("attestation"))
-                .expect("records");
-            let mut keys: Vec<(Option<String>, Option<String>)> = recs
-                .iter()
-                .map(|r| (r.job_id.clone(), r.signer.clone()))
-                .collect();
-            let n = keys.len();
-            keys.sort();
-            keys.dedup();
-            duplicates += n - keys.len();
+            let (_, dup) = count_attestations(&c.attestations(s, &row.version, &row.arch));
+            duplicates += dup;
         }
     }
     println!(

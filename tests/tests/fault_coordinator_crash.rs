@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 
 use lockstep_proto::v1::{State, StatusEntry};
 use lockstep_tests::{
-    agent_command, enqueue_dsc_http, free_port, lockstep_bin, prepare_builders, queue_counts,
-    run_coordinator_child, synthetic_package, AgentProgram, CoordinatorProcess, CoordinatorProgram,
-    Vhost,
+    agent_command, attestations_in, count_attestations, enqueue_dsc_http, free_port, lockstep_bin,
+    prepare_builders, queue_counts, run_coordinator_child, synthetic_package, AgentProgram,
+    CoordinatorProcess, CoordinatorProgram, Vhost,
 };
 
 const ENTRY: &str = "coordinator_process_entry";
@@ -170,16 +170,10 @@ async fn t03_a_coordinator_crash_between_publish_and_confirm_loses_and_duplicate
             "decision equals fault-free: {row:#?}"
         );
         assert!(row.failures.is_empty(), "{row:#?}");
-        let mut per: std::collections::BTreeMap<(String, String), usize> = Default::default();
-        for r in archive
-            .records_for(&row.source, "1.0", &row.arch, Some("attestation"))
-            .expect("records")
-        {
-            *per.entry((r.job_id.unwrap_or_default(), r.signer.unwrap_or_default()))
-                .or_default() += 1;
-        }
-        attestations += per.len();
-        duplicates += per.values().map(|n| n - 1).sum::<usize>();
+        let per = attestations_in(&archive, &row.source, "1.0", &row.arch);
+        let (total, dup) = count_attestations(&per);
+        attestations += total;
+        duplicates += dup;
         assert_eq!(per.len(), 2, "one attestation per builder: {per:?}");
     }
     let agent_log = |a: &lockstep_tests::AgentInfo| {

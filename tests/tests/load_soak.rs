@@ -19,8 +19,9 @@ use std::time::{Duration, Instant};
 
 use lockstep_proto::v1::{State, StatusEntry};
 use lockstep_tests::{
-    agent_command, enqueue_dsc_http, free_port, lockstep_bin, prepare_builders, rabbit_node,
-    synthetic_package, AgentInfo, AgentProgram, CoordinatorProcess, CoordinatorProgram, Vhost,
+    agent_command, attestations_in, broker_app, count_attestations, enqueue_dsc_http, free_port,
+    lockstep_bin, prepare_builders, synthetic_package, AgentInfo, AgentProgram, CoordinatorProcess,
+    CoordinatorProgram, StartBrokerAgain, Vhost,
 };
 
 fn env_num(name: &str, default: usize) -> usize {
@@ -101,29 +102,6 @@ impl Drop for Agents {
     fn drop(&mut self) {
         for i in 0..self.procs.len() {
             self.kill(i);
-        }
-    }
-}
-
-fn rabbitmqctl(arg: &str) {
-    let out = Command::new("rabbitmqctl")
-        .args(["-n", &rabbit_node(), arg])
-        .output()
-        .expect("rabbitmqctl runs");
-    assert!(
-        out.status.success(),
-        "{arg}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Starts the broker application again even when an assertion fails.
-struct StartAgain(bool);
-
-impl Drop for StartAgain {
-    fn drop(&mut self) {
-        if self.0 {
-            rabbitmqctl("start_app");
         }
     }
 }
@@ -212,6 +190,7 @@ async fn run(r: Run) {
     let mut rss_peak = rss_start;
     let mut fds_peak = fds_start;
     let deadline = Duration::from_secs(120 + 60 * r.jobs as u64);
+    let mut next_progress = Instant::now() + Duration::from_secs(60);
     let rows = loop {
         let (rss, fds) = rss_and_fds(pid);
         rss_peak = rss_peak.max(rss);
@@ -224,6 +203,20 @@ async fn run(r: Run) {
         let decided = rows.iter().filter(|s| s.state != State::Pending).count();
         if rows.len() == r.jobs && decided == r.jobs {
             break rows;
+        }
+        if Instant::now() >= next_progress {
+            // A long run reports as it goes, so an interrupted one still has figures.
+            eprintln!(
+                "{} progress: {decided} of {} decided after {:.0} s ({:.1} jobs/min), coordinator \
+                 RSS {} MiB (peak {} MiB), open fds {fds}",
+                r.name,
+                r.jobs,
+                started.elapsed().as_secs_f64(),
+                60.0 * decided as f64 / started.elapsed().as_secs_f64(),
+                rss / 1024,
+                rss_peak / 1024
+            );
+            next_progress = Instant::now() + Duration::from_secs(60);
         }
         assert!(
             started.elapsed() < deadline,
@@ -243,11 +236,11 @@ async fn run(r: Run) {
                 next_kill = Instant::now() + r.kill_every;
             }
             if broker_restarts == 0 && decided * 3 >= r.jobs {
-                let mut guard = StartAgain(true);
-                rabbitmqctl("stop_app");
+                let mut guard = StartBrokerAgain { armed: true };
+                broker_app("stop_app").expect("stop the broker application");
                 tokio::time::sleep(Duration::from_secs(3)).await;
-                rabbitmqctl("start_app");
-                guard.0 = false;
+                broker_app("start_app").expect("start the broker application");
+                guard.armed = false;
                 broker_restarts += 1;
             }
             if disk_full_episodes == 0 && decided * 3 >= r.jobs * 2 {
@@ -300,19 +293,10 @@ async fn run(r: Run) {
     let mut duplicates = 0;
     let mut attestations = 0;
     for s in &rows {
-        let mut per: BTreeMap<(String, String), usize> = BTreeMap::new();
-        for rec in archive
-            .records_for(&s.source, "1.0", &s.arch, Some("attestation"))
-            .expect("records")
-        {
-            *per.entry((
-                rec.job_id.unwrap_or_default(),
-                rec.signer.unwrap_or_default(),
-            ))
-            .or_default() += 1;
-        }
-        attestations += per.values().sum::<usize>();
-        duplicates += per.values().map(|n| n - 1).sum::<usize>();
+        let (total, dup) =
+            count_attestations(&attestations_in(&archive, &s.source, "1.0", &s.arch));
+        attestations += total;
+        duplicates += dup;
     }
 
     eprintln!(
