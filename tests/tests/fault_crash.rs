@@ -111,12 +111,22 @@ async fn t02_crash_after_upload_before_ack_is_acked_on_redelivery_without_rebuil
         .arch;
     let before = c.attestations("lockstep-t02", "1.0", &arch);
     assert_eq!(before[&(job.clone(), fpr.clone())].len(), 1);
-    let unacked: u64 = queue_counts(&c.vhost.name)
-        .expect("queues")
-        .iter()
-        .filter(|(n, _, _)| *n == lockstep_proto::v1::builder_queue(&fpr))
-        .map(|(_, r, u)| r + u)
-        .sum();
+    // The broker returns the unacked delivery when it sees the connection close; quorum queue
+    // counters follow a moment later, so poll (bounded) instead of reading once.
+    let in_queue = || -> u64 {
+        queue_counts(&c.vhost.name)
+            .expect("queues")
+            .iter()
+            .filter(|(n, _, _)| *n == lockstep_proto::v1::builder_queue(&fpr))
+            .map(|(_, r, u)| r + u)
+            .sum()
+    };
+    let started = Instant::now();
+    let mut unacked = in_queue();
+    while unacked == 0 && started.elapsed() < Duration::from_secs(30) {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        unacked = in_queue();
+    }
     assert_eq!(unacked, 1, "the job is back in agent-1's queue, not lost");
 
     // Restart without the failpoint: the redelivery finds the attestation and acks.
