@@ -9,8 +9,9 @@ use lockstep_tests::{synthetic_package_rules, Cluster, ClusterOptions};
 use ops_support::{dump_dom, scrape, screenshot, text, value};
 
 /// debian/rules of the package built here: installs one file, builds in well under a minute.
+/// The build step lasts a few seconds so the watcher (polling every 2 s) sees it building.
 const RULES: &str = "#!/usr/bin/make -f\n\
-build build-arch build-indep:\n\ttrue\n\
+build build-arch build-indep:\n\tsleep 6\n\
 clean:\n\trm -rf debian/tmp debian/files\n\
 binary binary-arch binary-indep: build\n\
 \tmkdir -p debian/tmp/DEBIAN debian/tmp/usr/share/lockstep-ops\n\
