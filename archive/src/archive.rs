@@ -3,9 +3,18 @@
 //! blob collision into an alarm row).
 //!
 //! All methods are synchronous and may block on disk I/O and fsync; async callers use
-//! `spawn_blocking`. The database connection sits behind a `std::sync::Mutex` that is never held
-//! across an `.await` (there are none here). Share an `Archive` with `Arc`.
+//! `spawn_blocking`. Share an `Archive` with `Arc`.
+//!
+//! Connections. One read-write connection, behind a `std::sync::Mutex` (never held across an
+//! `.await`; there are none here), does every write. Reads use a small pool of read-only
+//! connections: in WAL mode they see every committed transaction and never wait for a writer's
+//! fsync, so status pages, proofs and quorum evaluation go on while an append commits.
+//!
+//! Appends are group-committed ([`crate::group`]): records appended concurrently share one
+//! transaction that also stores a signed checkpoint covering them, so one fsync makes a whole
+//! group durable and provable, and every acknowledged record is in a signed checkpoint.
 
+use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
@@ -15,6 +24,7 @@ use rusqlite::Connection;
 
 use crate::blobs::{BlobPut, BlobStore};
 use crate::error::ArchiveError;
+use crate::group::GroupCommit;
 use crate::log::{self, LogKey};
 use crate::records::{self, format_time, Alarm, NewRecord, Record, RecordRef};
 use crate::verify::{self, VerifyReport};
@@ -26,13 +36,50 @@ pub const KEY_FILE: &str = "log-key";
 /// Directory of content-addressed blobs inside the archive directory.
 pub const BLOB_DIR: &str = "blobs";
 
+/// Most callers one group commit takes (each with its own records).
+const MAX_GROUP: usize = 512;
+/// Idle read-only connections kept for reuse (more are opened under load, then closed).
+const MAX_IDLE_READERS: usize = 32;
+
+/// What one caller of [`Archive::append_records`] gets back.
+type AppendResult = Result<Vec<RecordRef>, ArchiveError>;
+
 /// The write-once archive: blobs, immutable records and their transparency log.
 pub struct Archive {
     db_path: PathBuf,
     blobs: BlobStore,
+    /// The one writer.
     db: Mutex<Connection>,
+    /// Idle read-only connections.
+    readers: Mutex<Vec<Connection>>,
+    /// Appends waiting for (or in) the next group commit.
+    appends: GroupCommit<Vec<NewRecord>, AppendResult>,
     origin: String,
     key: LogKey,
+}
+
+/// A pooled read-only connection, returned to the pool on drop.
+pub(crate) struct Reader<'a> {
+    pool: &'a Mutex<Vec<Connection>>,
+    conn: Option<Connection>,
+}
+
+impl Deref for Reader<'_> {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        self.conn.as_ref().expect("present until dropped")
+    }
+}
+
+impl Drop for Reader<'_> {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            let mut idle = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+            if idle.len() < MAX_IDLE_READERS {
+                idle.push(conn);
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for Archive {
@@ -61,8 +108,24 @@ impl Archive {
             db_path,
             blobs,
             db: Mutex::new(conn),
+            readers: Mutex::new(Vec::new()),
+            appends: GroupCommit::new(MAX_GROUP),
             origin: log_origin.to_owned(),
             key,
+        })
+    }
+
+    /// A read-only connection from the pool (opened if none is idle). It sees everything
+    /// committed before each of its statements starts.
+    pub(crate) fn reader(&self) -> Result<Reader<'_>, ArchiveError> {
+        let idle = self.readers.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let conn = match idle {
+            Some(c) => c,
+            None => crate::db::open_read_only(&self.db_path)?,
+        };
+        Ok(Reader {
+            pool: &self.readers,
+            conn: Some(conn),
         })
     }
 
@@ -139,45 +202,109 @@ impl Archive {
     /// and identical body → the existing record with `created: false`; different body →
     /// [`ArchiveError::Conflict`] and an alarm.
     pub fn append_record(&self, rec: NewRecord) -> Result<RecordRef, ArchiveError> {
-        let mut refs = self.append_records(std::slice::from_ref(&rec))?;
+        let mut refs = self.append_owned(vec![rec])?;
         Ok(refs
             .pop()
             .expect("append_records returns one ref per record"))
     }
 
-    /// Appends several records in one transaction (one fsync): all or none. Same dedup rules as
-    /// [`Archive::append_record`]; a conflict in any record aborts the whole batch.
+    /// Appends several records, all or none, durably and under a signed checkpoint: when this
+    /// returns `Ok`, the records, their log leaves and a checkpoint covering them are committed
+    /// (fsynced). Same dedup rules as [`Archive::append_record`]; a conflict in any record refuses
+    /// all of this caller's records.
+    ///
+    /// Concurrent callers are group-committed: each caller's records go in a savepoint of one
+    /// shared transaction, followed by one checkpoint and one commit. A refused caller (conflict,
+    /// bad request) is rolled back alone; a failure of the transaction itself (I/O, a full disk,
+    /// a log that no longer matches its last checkpoint) fails every caller of that group and
+    /// stores nothing.
     pub fn append_records(&self, recs: &[NewRecord]) -> Result<Vec<RecordRef>, ArchiveError> {
+        self.append_owned(recs.to_vec())
+    }
+
+    fn append_owned(&self, recs: Vec<NewRecord>) -> AppendResult {
+        self.appends.submit(
+            recs,
+            |group| self.commit_group(&group),
+            || {
+                Err(ArchiveError::Corrupt(
+                    "the group commit carrying this append failed unexpectedly; it was not \
+                     acknowledged"
+                        .into(),
+                ))
+            },
+        )
+    }
+
+    /// Commits one group (see [`Archive::append_records`]): one result per caller.
+    fn commit_group(&self, group: &[Vec<NewRecord>]) -> Vec<AppendResult> {
         let mut conn = self.conn();
-        let now = format_time(&Utc::now());
-        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let mut out = Vec::with_capacity(recs.len());
-        for rec in recs {
-            match records::append(&tx, rec, &now) {
-                Ok(r) => out.push(r),
-                Err(ArchiveError::Conflict { dedup_key }) => {
-                    drop(tx); // roll back the whole batch before recording the alarm
-                    let detail = format!(
-                        "a record for {}/{}/{} of kind {} was submitted with dedup key \
-                         {dedup_key:?} but different content than the stored one; refused",
-                        rec.source, rec.version, rec.arch, rec.kind
-                    );
-                    if let Err(e) =
-                        records::raise_alarm(&conn, "record-conflict", &dedup_key, &detail)
-                    {
-                        tracing::error!(error = %e, dedup_key, "could not record alarm");
-                    }
-                    return Err(ArchiveError::Conflict { dedup_key });
+        match self.commit_group_in(&mut conn, group) {
+            Ok(results) => results,
+            Err(GroupFailure { error, checkpoint }) => {
+                if checkpoint && matches!(error, ArchiveError::Corrupt(_)) {
+                    // The rollback took the alarm the refused checkpoint raised with it; raise it
+                    // again outside the transaction (the committed log is what is inconsistent).
+                    let _ = log::checkpoint(&conn, &self.origin, &self.key);
                 }
-                Err(e) => return Err(e),
+                let mut out = Vec::with_capacity(group.len());
+                for _ in 1..group.len() {
+                    out.push(Err(error.duplicate()));
+                }
+                out.insert(0, Err(error));
+                out
             }
         }
+    }
+
+    fn commit_group_in(
+        &self,
+        conn: &mut Connection,
+        group: &[Vec<NewRecord>],
+    ) -> Result<Vec<AppendResult>, GroupFailure> {
+        let now = format_time(&Utc::now());
+        let mut tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let mut results = Vec::with_capacity(group.len());
+        for recs in group {
+            let sp = tx.savepoint()?;
+            let mut refs = Vec::with_capacity(recs.len());
+            let mut refused = None;
+            for rec in recs {
+                match records::append(&sp, rec, &now) {
+                    Ok(r) => refs.push(r),
+                    Err(e @ (ArchiveError::Conflict { .. } | ArchiveError::BadRequest(_))) => {
+                        refused = Some((rec, e));
+                        break;
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            let Some((rec, e)) = refused else {
+                sp.commit()?;
+                results.push(Ok(refs));
+                continue;
+            };
+            sp.finish()?; // rolls back this caller's records only
+            if let ArchiveError::Conflict { dedup_key } = &e {
+                let detail = format!(
+                    "a record for {}/{}/{} of kind {} was submitted with dedup key \
+                     {dedup_key:?} but different content than the stored one; refused",
+                    rec.source, rec.version, rec.arch, rec.kind
+                );
+                records::raise_alarm(&tx, "record-conflict", dedup_key, &detail)?;
+            }
+            results.push(Err(e));
+        }
+        log::checkpoint(&tx, &self.origin, &self.key).map_err(|error| GroupFailure {
+            error,
+            checkpoint: true,
+        })?;
         tx.commit()?;
-        Ok(out)
+        Ok(results)
     }
 
     pub fn record(&self, id: i64) -> Result<Option<Record>, ArchiveError> {
-        records::by_id(&self.conn(), id)
+        records::by_id(&*self.reader()?, id)
     }
 
     /// Records for a (source, version, arch) key, in append order, optionally of one kind.
@@ -188,28 +315,28 @@ impl Archive {
         arch: &str,
         kind: Option<&str>,
     ) -> Result<Vec<Record>, ArchiveError> {
-        records::by_key(&self.conn(), source, version, arch, kind)
+        records::by_key(&*self.reader()?, source, version, arch, kind)
     }
 
     /// Records of one kind, in append order.
     pub fn records_by_kind(&self, kind: &str) -> Result<Vec<Record>, ArchiveError> {
-        records::by_kind(&self.conn(), kind)
+        records::by_kind(&*self.reader()?, kind)
     }
 
     /// Records that link the blob with this digest, in append order.
     pub fn records_with_blob(&self, d: &Sha256Digest) -> Result<Vec<Record>, ArchiveError> {
-        records::with_blob(&self.conn(), d)
+        records::with_blob(&*self.reader()?, d)
     }
 
     /// Every alarm ever raised, oldest first.
     pub fn alarms(&self) -> Result<Vec<Alarm>, ArchiveError> {
-        records::alarms(&self.conn())
+        records::alarms(&*self.reader()?)
     }
 
     // ---- transparency log ----
 
     pub fn log_size(&self) -> Result<u64, ArchiveError> {
-        log::size_in(&self.conn())
+        log::size_in(&*self.reader()?)
     }
 
     /// Signs and stores a checkpoint for the current size and returns the signed note. Cheap: if
@@ -220,7 +347,7 @@ impl Archive {
     }
 
     pub fn latest_checkpoint(&self) -> Result<Option<String>, ArchiveError> {
-        Ok(log::latest(&self.conn())?.map(|(_, _, note)| note))
+        Ok(log::latest(&*self.reader()?)?.map(|(_, _, note)| note))
     }
 
     /// The log's verifier key, `name+hash+base64key` (signed-note form).
@@ -236,22 +363,22 @@ impl Archive {
     /// Bytes of a C2SP tlog-tiles resource: `tile/<L>/<N>[.p/<W>]` (hash tile) or
     /// `tile/entries/<N>[.p/<W>]` (entry bundle). `Ok(None)`: not (yet) in the tree.
     pub fn tile(&self, path: &str) -> Result<Option<Vec<u8>>, ArchiveError> {
-        log::tile(&self.conn(), path)
+        log::tile(&*self.reader()?, path)
     }
 
     /// Inclusion proof for leaf `index` in the tree of `size` leaves.
     pub fn inclusion_proof(&self, index: u64, size: u64) -> Result<Vec<[u8; 32]>, ArchiveError> {
-        log::inclusion_proof(&self.conn(), index, size)
+        log::inclusion_proof(&*self.reader()?, index, size)
     }
 
     /// Consistency proof from the tree of `old` leaves to the tree of `new` leaves.
     pub fn consistency_proof(&self, old: u64, new: u64) -> Result<Vec<[u8; 32]>, ArchiveError> {
-        log::consistency_proof(&self.conn(), old, new)
+        log::consistency_proof(&*self.reader()?, old, new)
     }
 
     /// Root hash of the tree of the first `size` leaves.
     pub fn root_hash(&self, size: u64) -> Result<[u8; 32], ArchiveError> {
-        log::root_hash(&self.conn(), size)
+        log::root_hash(&*self.reader()?, size)
     }
 
     // ---- audit ----
@@ -265,5 +392,26 @@ impl Archive {
     /// The archive directory's blob root (for operators and tests).
     pub fn blob_root(&self) -> &Path {
         self.blobs.root()
+    }
+}
+
+/// Why a whole group failed: the error, and whether signing its checkpoint is what failed.
+struct GroupFailure {
+    error: ArchiveError,
+    checkpoint: bool,
+}
+
+impl From<ArchiveError> for GroupFailure {
+    fn from(error: ArchiveError) -> Self {
+        GroupFailure {
+            error,
+            checkpoint: false,
+        }
+    }
+}
+
+impl From<rusqlite::Error> for GroupFailure {
+    fn from(e: rusqlite::Error) -> Self {
+        ArchiveError::from(e).into()
     }
 }

@@ -8,6 +8,7 @@
 //! `INSERT`.
 //!
 //! Durability: WAL journal with `synchronous=FULL`, so a commit is on disk before it returns.
+//! Temporary storage (savepoint journals, sorts) is in memory: it is never needed after a crash.
 
 use std::path::Path;
 use std::time::Duration;
@@ -162,6 +163,10 @@ pub(crate) fn open(path: &Path) -> Result<Connection, ArchiveError> {
         )));
     }
     conn.pragma_update(None, "synchronous", "FULL")?;
+    // Group commits put each caller in a savepoint; its rollback journal (and any temporary
+    // sort) stays in memory instead of a temporary file. Crash recovery never reads it: the WAL
+    // alone decides what was committed.
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
 
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     if version > SCHEMA_VERSION {

@@ -80,6 +80,42 @@ impl ArchiveError {
     }
 }
 
+impl ArchiveError {
+    /// The same error again, for every caller of a group commit that failed as a whole. Keeps the
+    /// variant, the message and what callers test (an I/O error's OS code and kind, SQLite's
+    /// result code, e.g. "disk full").
+    pub(crate) fn duplicate(&self) -> Self {
+        match self {
+            Self::DigestMismatch { expected, actual } => Self::DigestMismatch {
+                expected: *expected,
+                actual: *actual,
+            },
+            Self::Collision { digest } => Self::Collision { digest: *digest },
+            Self::Conflict { dedup_key } => Self::Conflict {
+                dedup_key: dedup_key.clone(),
+            },
+            Self::TooLarge { limit } => Self::TooLarge { limit: *limit },
+            Self::NotFound(s) => Self::NotFound(s.clone()),
+            Self::Io { context, source } => Self::Io {
+                context: context.clone(),
+                source: match source.raw_os_error() {
+                    Some(code) => io::Error::from_raw_os_error(code),
+                    None => io::Error::new(source.kind(), source.to_string()),
+                },
+            },
+            Self::Db(rusqlite::Error::SqliteFailure(code, msg)) => {
+                Self::Db(rusqlite::Error::SqliteFailure(*code, msg.clone()))
+            }
+            Self::Db(other) => Self::Db(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ERROR),
+                Some(other.to_string()),
+            )),
+            Self::Corrupt(s) => Self::Corrupt(s.clone()),
+            Self::BadRequest(s) => Self::BadRequest(s.clone()),
+        }
+    }
+}
+
 impl From<io::Error> for ArchiveError {
     fn from(source: io::Error) -> Self {
         Self::io("accessing the archive", source)

@@ -15,6 +15,7 @@
 //! - [`archive`]: the [`Archive`] handle; the only module that combines the others.
 //! - [`blobs`]: streaming, fsynced, link-never-replace blob writes.
 //! - `db`: SQLite settings (WAL, `synchronous=FULL`), schema and immutability triggers.
+//! - `group`: group commit — concurrent appends share one transaction, checkpoint and fsync.
 //! - [`records`]: record, blob-link and alarm types and their SQL.
 //! - [`leaf`]: the canonical leaf data that binds a record into the log.
 //! - [`log`]: stored hashes, tiles, proofs, the log key and signed checkpoints.
@@ -33,6 +34,7 @@ pub mod blobs;
 pub mod cosign;
 mod db;
 pub mod error;
+mod group;
 pub mod leaf;
 pub mod log;
 pub mod proof;

@@ -8,7 +8,7 @@
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use lockstep_proto::digest::Sha256Digest;
-use rusqlite::{params, Connection, OptionalExtension, Row, Transaction};
+use rusqlite::{params, Connection, OptionalExtension, Row};
 use serde::{Deserialize, Serialize};
 
 use crate::error::ArchiveError;
@@ -124,10 +124,10 @@ fn validate(rec: &NewRecord) -> Result<(), ArchiveError> {
     Ok(())
 }
 
-/// Appends one record (or finds its identical twin) inside `tx`. On a dedup conflict returns
-/// `Conflict` and the caller must roll back and record the alarm.
+/// Appends one record (or finds its identical twin) inside the open transaction or savepoint `tx`.
+/// On a dedup conflict returns `Conflict` and the caller must roll back and record the alarm.
 pub(crate) fn append(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     rec: &NewRecord,
     now: &str,
 ) -> Result<RecordRef, ArchiveError> {

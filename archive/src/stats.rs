@@ -38,7 +38,7 @@ impl ArchiveStats {
 impl Archive {
     /// Sizes of the archive (see [`ArchiveStats`]).
     pub fn stats(&self) -> Result<ArchiveStats, ArchiveError> {
-        let conn = self.conn();
+        let conn = self.reader()?;
         let (blobs, blob_bytes): (i64, i64) = conn.query_row(
             "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM blobs",
             [],

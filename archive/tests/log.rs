@@ -424,7 +424,13 @@ fn stored_hashes_rewritten_to_hide_a_change_still_fail_the_checkpoint_and_raise_
     )
     .expect("tamper");
     drop(db);
-    a.append_record(record(8)).expect("append still works");
+    // An append commits only under a signed checkpoint, so it is refused too (fail closed):
+    // nothing is stored, and the alarm survives the rollback.
+    let err = a
+        .append_record(record(8))
+        .expect_err("an append cannot be checkpointed, so it is refused");
+    assert!(matches!(err, ArchiveError::Corrupt(_)), "{err:?}");
+    assert_eq!(a.log_size().expect("size"), 8, "nothing was appended");
     let err = a.checkpoint().expect_err("must refuse to sign");
     assert!(matches!(err, ArchiveError::Corrupt(_)), "{err:?}");
     assert!(a

@@ -432,6 +432,72 @@ fn the_archive_can_be_shared_across_threads() {
 }
 
 #[test]
+fn concurrent_appends_are_each_under_a_signed_checkpoint_and_a_refusal_stays_with_its_caller() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let a = std::sync::Arc::new(open(dir.path()));
+    let vkey = a.verifier_key();
+    let taken = |n: u64, body: String| lockstep_archive::NewRecord {
+        dedup_key: Some("taken".into()),
+        body: body.into_bytes(),
+        ..record(n)
+    };
+    a.append_record(taken(0, "the stored one".into()))
+        .expect("first");
+    let (threads, per_thread) = (8u64, 30u64);
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            let (a, vkey) = (a.clone(), vkey.clone());
+            std::thread::spawn(move || {
+                let mut refused = 0;
+                for i in 0..per_thread {
+                    let n = 1 + t * 100 + i;
+                    // Every tenth append conflicts with the stored record: only it is refused,
+                    // whatever group it shares with the others.
+                    let rec = if i % 10 == 5 {
+                        taken(n, format!("another body {n}"))
+                    } else {
+                        record(n)
+                    };
+                    match a.append_record(rec) {
+                        Ok(r) => {
+                            let note = a.latest_checkpoint().expect("query").expect("exists");
+                            let cp = lockstep_archive::proof::verify_checkpoint(&note, &vkey)
+                                .expect("the checkpoint verifies");
+                            assert!(
+                                cp.size > r.leaf_index,
+                                "acknowledged leaf {} is not under checkpoint size {}",
+                                r.leaf_index,
+                                cp.size
+                            );
+                        }
+                        Err(ArchiveError::Conflict { .. }) => refused += 1,
+                        Err(e) => panic!("unexpected error: {e}"),
+                    }
+                }
+                refused
+            })
+        })
+        .collect();
+    let refused: u64 = handles
+        .into_iter()
+        .map(|h| h.join().expect("thread did not panic"))
+        .sum();
+    assert_eq!(refused, threads * (per_thread / 10));
+    let size = a.log_size().expect("size");
+    assert_eq!(size, 1 + threads * per_thread - refused);
+    let conflicts = a
+        .alarms()
+        .expect("alarms")
+        .iter()
+        .filter(|al| al.kind == "record-conflict")
+        .count() as u64;
+    assert_eq!(conflicts, refused, "one alarm per refused append");
+    let report = a.verify().expect("verify");
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    assert_eq!(report.leaves_checked, size);
+}
+
+#[test]
 fn a_record_too_large_for_one_log_entry_is_refused() {
     let dir = tempfile::tempdir().expect("temp dir");
     let a = open(dir.path());

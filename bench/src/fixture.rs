@@ -200,7 +200,8 @@ pub fn prepare(
 }
 
 /// `n` packages `bench-<i>` version 1, each with one job and one attestation per builder,
-/// interleaved (builder 0 of package 0, builder 1 of package 0, …).
+/// interleaved (builder 0 of package 0, builder 1 of package 0, …). Prepared by a few threads at
+/// once: every blob put is fsynced, and the disk overlaps them.
 pub fn prepare_many(
     svc: &Service,
     builders: &[Builder],
@@ -208,15 +209,37 @@ pub fn prepare_many(
     n: usize,
     prefix: &str,
 ) -> anyhow::Result<Vec<(Job, Vec<AttestationUpload>)>> {
-    let mut out = Vec::with_capacity(n);
-    for i in 0..n {
-        let job = enqueue(svc, &format!("{prefix}{i}"), "1")?;
-        let deb = debs.nth(i as u64);
-        let ups = builders
-            .iter()
-            .map(|b| prepare(svc, b, &job, &deb))
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        out.push((job, ups));
-    }
-    Ok(out)
+    const THREADS: usize = 8;
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let done = std::sync::Mutex::new(Vec::with_capacity(n));
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..THREADS)
+            .map(|_| {
+                scope.spawn(|| -> anyhow::Result<()> {
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        if i >= n {
+                            return Ok(());
+                        }
+                        let job = enqueue(svc, &format!("{prefix}{i}"), "1")?;
+                        let deb = debs.nth(i as u64);
+                        let ups = builders
+                            .iter()
+                            .map(|b| prepare(svc, b, &job, &deb))
+                            .collect::<anyhow::Result<Vec<_>>>()?;
+                        done.lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .push((i, job, ups));
+                    }
+                })
+            })
+            .collect();
+        workers.into_iter().try_for_each(|w| {
+            w.join()
+                .map_err(|_| anyhow::anyhow!("a preparing thread panicked"))?
+        })
+    })?;
+    let mut done = done.into_inner().unwrap_or_else(|p| p.into_inner());
+    done.sort_by_key(|(i, _, _)| *i);
+    Ok(done.into_iter().map(|(_, job, ups)| (job, ups)).collect())
 }

@@ -9,14 +9,15 @@
 //! - [`util`]: timing, percentiles, scratch directories, process memory.
 //! - [`fixture`]: an in-process coordinator [`Service`](lockstep_coordinator::service::Service)
 //!   with trusted builders, synthetic source packages and signed attestations.
-//! - [`p1`] archive ingest, [`p3`] attestation throughput, [`p3b`] job dispatch, [`p4`] log
-//!   proofs and storage, [`p5`] decision latency, [`p6`] stored bytes of identical rebuilds,
-//!   [`p7`] coordinator memory.
+//! - [`p1`] archive ingest, [`p2`] full rebuild vs a bare `docker run`, [`p3`] attestation
+//!   throughput, [`p3b`] job dispatch, [`p4`] log proofs and storage, [`p5`] decision latency,
+//!   [`p6`] stored bytes of identical rebuilds, [`p7`] coordinator memory.
 
 #![forbid(unsafe_code)]
 
 mod fixture;
 mod p1;
+mod p2;
 mod p3;
 mod p3b;
 mod p4;
@@ -49,6 +50,8 @@ struct Args {
 enum Command {
     /// P1: archive ingest vs sha256sum + cp + sync.
     P1,
+    /// P2: full `hello` rebuild (enqueue -> attestation stored) vs a bare `docker run`.
+    P2,
     /// P3: attestations verified + archived + logged + evaluated per second.
     P3,
     /// P3b: job dispatch over quorum queues at two queue depths.
@@ -93,6 +96,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     };
     match args.command {
         Command::P1 => p1::run(&dir, args.quick),
+        Command::P2 => rt()?.block_on(p2::run(&dir, args.quick)),
         Command::P3 => p3::run(&dir, args.quick),
         Command::P3b => rt()?.block_on(p3b::run(&dir, args.quick)),
         Command::P4 { huge } => p4::run(&dir, args.quick, huge),

@@ -17,17 +17,41 @@ pub struct Row {
     pub id: String,
     /// What was measured, e.g. "ingest 1 GiB as 1 MiB files".
     pub figure: String,
+    /// `null` in JSON when the figure was not measured (see `skipped`).
+    #[serde(with = "nullable")]
     pub ours: f64,
+    #[serde(with = "nullable")]
     pub baseline: f64,
     /// `ours / baseline`.
+    #[serde(with = "nullable")]
     pub ratio: f64,
     /// The goal as written in the issue, e.g. "<= 1.0x" or ">= 3000/s".
     pub goal: String,
     pub unit: String,
-    /// Whether the goal is met.
-    pub met: bool,
+    /// Whether the goal is met; `null` when the figure was skipped.
+    pub met: Option<bool>,
     /// Exactly what the baseline did.
     pub baseline_is: String,
+    /// Why the figure was not measured in this run (no number is made up for it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skipped: Option<String>,
+}
+
+/// Non-finite numbers (a skipped figure) as JSON `null`, and back.
+mod nullable {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(x: &f64, s: S) -> Result<S::Ok, S::Error> {
+        if x.is_finite() {
+            s.serialize_f64(*x)
+        } else {
+            s.serialize_none()
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
+    }
 }
 
 impl Row {
@@ -81,6 +105,31 @@ impl Row {
         Row::new(id, figure, unit, ours, baseline, r, goal, met, baseline_is)
     }
 
+    /// A row for a figure this run did not measure, saying why.
+    pub fn skipped(
+        id: &str,
+        figure: impl Into<String>,
+        unit: &str,
+        ratio_limit: f64,
+        why: &str,
+        baseline_is: &str,
+    ) -> Row {
+        let mut r = Row::new(
+            id,
+            figure,
+            unit,
+            f64::NAN,
+            f64::NAN,
+            f64::NAN,
+            format!("<= {ratio_limit}x"),
+            false,
+            baseline_is,
+        );
+        r.met = None;
+        r.skipped = Some(why.into());
+        r
+    }
+
     #[allow(clippy::too_many_arguments)] // a plain record constructor
     fn new(
         id: &str,
@@ -101,8 +150,9 @@ impl Row {
             ratio,
             goal,
             unit: unit.into(),
-            met,
+            met: Some(met),
             baseline_is: baseline_is.into(),
+            skipped: None,
         }
     }
 
@@ -154,16 +204,25 @@ pub fn report(rows: &[Row], json: bool) {
     ];
     let cells: Vec<[String; 7]> = rows
         .iter()
-        .map(|r| {
-            [
+        .map(|r| match &r.skipped {
+            Some(_) => [
+                r.id.clone(),
+                r.figure.clone(),
+                "skipped".into(),
+                "skipped".into(),
+                "-".into(),
+                r.goal.clone(),
+                "skipped".into(),
+            ],
+            None => [
                 r.id.clone(),
                 r.figure.clone(),
                 format!("{} {}", fmt_num(r.ours), r.unit),
                 format!("{} {}", fmt_num(r.baseline), r.unit),
                 format!("{}x", fmt_num(r.ratio)),
                 r.goal.clone(),
-                if r.met { "yes" } else { "NO" }.into(),
-            ]
+                if r.met == Some(true) { "yes" } else { "NO" }.into(),
+            ],
         })
         .collect();
     let mut w = header.map(str::len);
@@ -188,6 +247,17 @@ pub fn report(rows: &[Row], json: bool) {
     line(&w.map(|n| "-".repeat(n)));
     for c in &cells {
         line(c);
+    }
+    let skipped: Vec<&Row> = rows.iter().filter(|r| r.skipped.is_some()).collect();
+    if !skipped.is_empty() {
+        println!();
+        for r in skipped {
+            println!(
+                "  {:<4} skipped: {}",
+                r.id,
+                r.skipped.as_deref().unwrap_or_default()
+            );
+        }
     }
     println!();
     println!("Baselines (measured in the same run):");

@@ -60,3 +60,21 @@ macro_rules! progress {
     ($($t:tt)*) => { eprintln!("  [bench] {}", format!($($t)*)) };
 }
 pub(crate) use progress;
+
+/// CPU seconds (user, system) this process has used so far (`/proc/self/stat`).
+pub fn cpu_seconds() -> anyhow::Result<(f64, f64)> {
+    let stat = std::fs::read_to_string("/proc/self/stat").context("reading /proc/self/stat")?;
+    // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+    let rest = stat
+        .rsplit_once(") ")
+        .map(|(_, r)| r)
+        .context("malformed /proc/self/stat")?;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| -> anyhow::Result<f64> {
+        Ok(f.get(i).context("short /proc/self/stat")?.parse::<f64>()? / CLOCK_TICKS)
+    };
+    Ok((ticks(11)?, ticks(12)?))
+}
+
+/// `sysconf(_SC_CLK_TCK)` on Linux.
+const CLOCK_TICKS: f64 = 100.0;

@@ -6,11 +6,11 @@
 //! run them in `spawn_blocking`.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use anyhow::Context;
 use chrono::Utc;
-use lockstep_archive::{Archive, ArchiveError, BlobLink, NewRecord, Record};
+use lockstep_archive::{Archive, ArchiveError, BlobLink, NewRecord, Record, RecordRef};
 use lockstep_proto::digest::Sha256Digest;
 use lockstep_proto::dsc;
 use lockstep_proto::policy::Policy;
@@ -37,6 +37,9 @@ pub mod kind {
 
 /// Largest signed document (.buildinfo, statement) read into memory.
 const MAX_SIGNED_DOC: u64 = 16 * 1024 * 1024;
+
+/// Stripes of the decision lock (see `Service::decide_locks`).
+const DECIDE_STRIPES: usize = 64;
 
 /// Errors the HTTP layer maps to status codes.
 #[derive(Debug, thiserror::Error)]
@@ -80,6 +83,12 @@ impl From<ArchiveError> for ServiceError {
 
 type Result<T, E = ServiceError> = std::result::Result<T, E>;
 
+/// An attestation checked and ready to store, and the vote it casts.
+struct PendingVote {
+    record: NewRecord,
+    vote: Vote,
+}
+
 /// Outcome of an accepted attestation.
 #[derive(Debug, serde::Serialize)]
 pub struct Accepted {
@@ -102,8 +111,9 @@ pub struct Service {
     pub key: SigningKey,
     pub host_arch: String,
     dispatcher: RwLock<Option<Dispatcher>>,
-    /// Serialises quorum evaluation and decision recording per coordinator.
-    decide_lock: Mutex<()>,
+    /// Serialise quorum evaluation and decision recording per (source, version, arch): one lock
+    /// stripe per key hash, so decisions about different packages run (and commit) at once.
+    decide_locks: [Mutex<()>; DECIDE_STRIPES],
     scratch: PathBuf,
     /// Witness cosignatures of checkpoints (see [`crate::witness`]).
     pub cosignatures: crate::witness::Cosignatures,
@@ -148,7 +158,7 @@ impl Service {
             key,
             host_arch,
             dispatcher: RwLock::new(None),
-            decide_lock: Mutex::new(()),
+            decide_locks: std::array::from_fn(|_| Mutex::new(())),
             scratch,
             cosignatures,
             ops: Default::default(),
@@ -520,7 +530,7 @@ impl Service {
                 size,
             });
         }
-        let rec = self.archive.append_record(NewRecord {
+        let record = NewRecord {
             kind: kind::ATTESTATION.into(),
             source: st.source.clone(),
             version: st.version.clone(),
@@ -534,13 +544,38 @@ impl Service {
             body: bytes.to_vec(),
             signature: Some(up.signature.as_bytes().to_vec()),
             blobs,
+        };
+        // The vote exactly as `evidence` reads it back once stored (the archive's clock is read
+        // again at commit, a moment later; the key was just checked valid at this time).
+        let vote = Vote {
+            fingerprint: verified.fingerprint.clone(),
+            statement: Sha256Digest::of(bytes),
+            artifacts: st
+                .artifacts
+                .iter()
+                .map(|a| ArtifactDigest {
+                    name: a.name.clone(),
+                    sha256: a.sha256,
+                })
+                .collect(),
+            recorded_at: Utc::now(),
+        };
+        // Stored together with the decision it causes, if any: when this returns, both are
+        // durable and under a signed checkpoint.
+        let (rec, outcome) = self.decide(
+            &st.source,
+            &st.version,
+            &st.arch,
+            Some(PendingVote { record, vote }),
+        )?;
+        let rec = rec.ok_or_else(|| {
+            ServiceError::Internal(anyhow::anyhow!("the attestation was not stored"))
         })?;
         if rec.created {
             tracing::info!(job = %st.job_id, builder = %builder.name, fingerprint = %verified.fingerprint, leaf = rec.leaf_index, "attestation accepted");
         } else {
             tracing::info!(job = %st.job_id, builder = %builder.name, "attestation already stored (redelivery)");
         }
-        let outcome = self.evaluate(&st.source, &st.version, &st.arch)?;
         Ok(Accepted {
             record_id: rec.id,
             leaf_index: rec.leaf_index,
@@ -646,11 +681,49 @@ impl Service {
         Ok((records, votes, failures))
     }
 
+    /// The decision lock of one (source, version, arch).
+    fn decide_lock(&self, source: &str, version: &str, arch: &str) -> MutexGuard<'_, ()> {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (source, version, arch).hash(&mut h);
+        self.decide_locks[(h.finish() % DECIDE_STRIPES as u64) as usize]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Evaluates the quorum and records a new signed decision when the outcome changed.
     pub fn evaluate(&self, source: &str, version: &str, arch: &str) -> Result<Outcome> {
-        let _guard = self.decide_lock.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(self.decide(source, version, arch, None)?.1)
+    }
+
+    /// [`Service::evaluate`], counting `pending` — an attestation checked but not yet stored — as
+    /// if it were. The attestation and the decision it causes are appended together (all or
+    /// none, one group commit), so a deciding attestation costs one commit, not two. Returns
+    /// where the attestation was stored.
+    fn decide(
+        &self,
+        source: &str,
+        version: &str,
+        arch: &str,
+        mut pending: Option<PendingVote>,
+    ) -> Result<(Option<RecordRef>, Outcome)> {
+        let _guard = self.decide_lock(source, version, arch);
         let policy = self.policy();
-        let (records, votes, failures) = self.evidence(source, version, arch)?;
+        let (records, mut votes, failures) = self.evidence(source, version, arch)?;
+        let mut stored = None;
+        // Its key is already taken (every attestation of this key is stored under this lock): a
+        // redelivery, answered `created: false`, or other bytes, a conflict and an alarm. Either
+        // way it is appended alone and the stored evidence decides.
+        if let Some(p) = pending.take_if(|p| {
+            records
+                .iter()
+                .any(|r| r.dedup_key.is_some() && r.dedup_key == p.record.dedup_key)
+        }) {
+            stored = Some(self.archive.append_record(p.record)?);
+        }
+        if let Some(p) = &pending {
+            votes.push(p.vote.clone());
+        }
         let (outcome, developer_mismatch, official) =
             judge(&policy, source, &records, &votes, &failures);
         let last = records
@@ -676,7 +749,10 @@ impl Service {
             }
         };
         if !changed {
-            return Ok(outcome);
+            if let Some(p) = pending {
+                stored = Some(self.archive.append_record(p.record)?);
+            }
+            return Ok((stored, outcome));
         }
         let decision = Decision {
             schema: Decision::SCHEMA.into(),
@@ -700,7 +776,7 @@ impl Service {
             .key
             .sign_detached(&body)
             .map_err(|e| anyhow::anyhow!(e))?;
-        let decision_ref = self.archive.append_record(NewRecord {
+        let decision_record = NewRecord {
             kind: kind::DECISION.into(),
             source: source.into(),
             version: version.into(),
@@ -711,8 +787,19 @@ impl Service {
             body,
             signature: Some(signature.into_bytes()),
             blobs: Vec::new(),
-        })?;
-        self.archive.checkpoint()?;
+        };
+        let decision_ref = match pending {
+            Some(p) => {
+                let refs = self.archive.append_records(&[p.record, decision_record])?;
+                stored = refs.first().copied();
+                *refs
+                    .last()
+                    .context("append_records returns one ref per record")?
+            }
+            None => self.archive.append_record(decision_record)?,
+        };
+        // The append committed the decision under a signed checkpoint (the archive's group
+        // commit), so it is provable before it is published.
         tracing::info!(%source, %version, %arch, state = %decision.state, reason = %decision.reason, "decision recorded");
         // The apt repository follows every decision; failing to publish it never loses the
         // decision (it is recorded), and the next decision or a restart publishes again.
@@ -725,7 +812,7 @@ impl Service {
         {
             d.publish_decision(decision);
         }
-        Ok(outcome)
+        Ok((stored, outcome))
     }
 
     /// Marks the apt repository stale after a decision; it is regenerated off this path.
