@@ -96,6 +96,14 @@ impl EventSink {
     async fn publish(self, ch: Channel) {
         // One publisher at a time holds the receiver; an old session's task is aborted first.
         let mut rx = self.rx.lock().await;
+        // The coordinator declares the exchange, but an agent may come up first (a fresh
+        // install, or a coordinator that is down): publishing to a missing exchange closes the
+        // channel and every later event would be lost until the next session. Declaring it with
+        // the coordinator's arguments is idempotent.
+        if let Err(e) = declare_events_exchange(&ch).await {
+            tracing::warn!(error = %e, "declaring the events exchange failed; no events this session");
+            return;
+        }
         let key = format!("agent.{}", self.fingerprint);
         let mut tick = tokio::time::interval(HEARTBEAT);
         loop {
@@ -129,6 +137,20 @@ impl EventSink {
             }
         }
     }
+}
+
+/// Declares `lockstep.events` exactly as the coordinator does (durable topic exchange).
+pub async fn declare_events_exchange(ch: &Channel) -> Result<(), lapin::Error> {
+    ch.exchange_declare(
+        v1::EVENTS_EXCHANGE.into(),
+        lapin::ExchangeKind::Topic,
+        lapin::options::ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        lapin::types::FieldTable::default(),
+    )
+    .await
 }
 
 /// Aborts the publisher task when dropped (the AMQP session ended).

@@ -106,13 +106,12 @@ impl JobStore {
     }
 
     pub fn get(&self, job_id: &str) -> anyhow::Result<Option<JobRow>> {
-        let row = self
-            .conn()
-            .query_row(
+        let conn = self.conn();
+        let row = conn
+            .prepare_cached(
                 "SELECT job_json, confirmed_at, dispatch_error FROM jobs WHERE job_id = ?1",
-                params![job_id],
-                Self::row,
-            )
+            )?
+            .query_row(params![job_id], Self::row)
             .optional()?;
         Ok(Self::decode(row.into_iter().collect())?.pop())
     }

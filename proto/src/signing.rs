@@ -60,6 +60,119 @@ fn malformed(e: impl std::fmt::Display) -> SigningError {
 #[derive(Clone)]
 pub struct SigningKey {
     cert: Cert,
+    /// The signing (sub)key, selected under the standard policy once: selecting it validates the
+    /// certificate's binding signatures, which cost more than the signature itself (issue 7, P3).
+    signer: CachedSigner,
+}
+
+/// A selected signing key and until when the selection holds (its expiry, if any).
+#[derive(Clone)]
+struct CachedSigner {
+    signer: KeySigner,
+    valid_until: Option<std::time::SystemTime>,
+}
+
+/// What makes the signatures. sequoia's `KeyPair` decrypts its in-memory-encrypted secret,
+/// re-parses it and derives the Ed25519 public key on every signature (issue 7, P3: ~80 % of
+/// a signature's cost); an Ed25519 key is therefore expanded once into an
+/// `ed25519_dalek::SigningKey` (zeroized on drop), and any other algorithm signs through sequoia.
+#[derive(Clone)]
+enum KeySigner {
+    Ed25519(Ed25519Signer),
+    Other(openpgp::crypto::KeyPair),
+}
+
+impl KeySigner {
+    fn new(keypair: openpgp::crypto::KeyPair) -> Result<Self, SigningError> {
+        Ok(match Ed25519Signer::from_keypair(&keypair)? {
+            Some(signer) => KeySigner::Ed25519(signer),
+            None => KeySigner::Other(keypair),
+        })
+    }
+
+    fn boxed(&self) -> Box<dyn openpgp::crypto::Signer + Send + Sync> {
+        match self {
+            KeySigner::Ed25519(s) => Box::new(s.clone()),
+            KeySigner::Other(k) => Box::new(k.clone()),
+        }
+    }
+}
+
+/// An OpenPGP (v4, legacy EdDSA) signer over an expanded Ed25519 key.
+#[derive(Clone)]
+struct Ed25519Signer {
+    public: openpgp::packet::Key<
+        openpgp::packet::key::PublicParts,
+        openpgp::packet::key::UnspecifiedRole,
+    >,
+    key: ed25519_dalek::SigningKey,
+}
+
+impl Ed25519Signer {
+    /// `None` if the key is not an Ed25519 key.
+    fn from_keypair(kp: &openpgp::crypto::KeyPair) -> Result<Option<Self>, SigningError> {
+        use openpgp::crypto::mpi;
+        use openpgp::types::{Curve, PublicKeyAlgorithm};
+        let public = kp.public();
+        let q = match (public.pk_algo(), public.mpis()) {
+            (PublicKeyAlgorithm::EdDSA, mpi::PublicKey::EdDSA { curve, q })
+                if *curve == Curve::Ed25519 =>
+            {
+                q
+            }
+            _ => return Ok(None),
+        };
+        let (point, _) = q.decode_point(&Curve::Ed25519).map_err(malformed)?;
+        let key = kp.secret().map(|secret| match secret {
+            mpi::SecretKeyMaterial::EdDSA { scalar } => {
+                let bytes = scalar.value_padded(32);
+                <[u8; 32]>::try_from(&bytes[..])
+                    .ok()
+                    .map(|b| ed25519_dalek::SigningKey::from_bytes(&b))
+            }
+            _ => None,
+        });
+        let Some(key) = key else {
+            return Err(SigningError::Malformed(
+                "Ed25519 key without a 32-byte secret scalar".into(),
+            ));
+        };
+        // The secret must belong to the public key the signatures will name.
+        if key.verifying_key().as_bytes()[..] != point[..] {
+            return Err(SigningError::Malformed(
+                "the Ed25519 secret does not match its public key".into(),
+            ));
+        }
+        Ok(Some(Ed25519Signer {
+            public: public.clone(),
+            key,
+        }))
+    }
+}
+
+impl openpgp::crypto::Signer for Ed25519Signer {
+    fn public(
+        &self,
+    ) -> &openpgp::packet::Key<
+        openpgp::packet::key::PublicParts,
+        openpgp::packet::key::UnspecifiedRole,
+    > {
+        &self.public
+    }
+
+    fn sign(
+        &mut self,
+        _hash_algo: openpgp::types::HashAlgorithm,
+        digest: &[u8],
+    ) -> openpgp::Result<openpgp::crypto::mpi::Signature> {
+        use ed25519_dalek::Signer as _;
+        // Legacy EdDSA signs the digest itself; r and s are the signature's two halves.
+        let sig = self.key.sign(digest).to_bytes();
+        Ok(openpgp::crypto::mpi::Signature::EdDSA {
+            r: openpgp::crypto::mpi::MPI::new(&sig[..32]),
+            s: openpgp::crypto::mpi::MPI::new(&sig[32..]),
+        })
+    }
 }
 
 impl std::fmt::Debug for SigningKey {
@@ -79,7 +192,12 @@ impl SigningKey {
             .add_signing_subkey()
             .generate()
             .map_err(malformed)?;
-        Ok(Self { cert })
+        Self::from_cert(cert)
+    }
+
+    fn from_cert(cert: Cert) -> Result<Self, SigningError> {
+        let signer = select_signer(&cert)?;
+        Ok(Self { cert, signer })
     }
 
     /// Reads an armored or binary TSK.
@@ -90,9 +208,7 @@ impl SigningKey {
                 "the file holds a public certificate, not a secret key".into(),
             ));
         }
-        let key = Self { cert };
-        key.keypair()?;
-        Ok(key)
+        Self::from_cert(cert)
     }
 
     /// Loads the key at `path`, or generates one and writes it with mode 0600 (created exclusively,
@@ -148,20 +264,15 @@ impl SigningKey {
         self.cert.as_tsk().armored().to_vec().map_err(malformed)
     }
 
-    fn keypair(&self) -> Result<openpgp::crypto::KeyPair, SigningError> {
-        let policy = StandardPolicy::new();
-        let ka = self
-            .cert
-            .keys()
-            .unencrypted_secret()
-            .with_policy(&policy, None)
-            .supported()
-            .alive()
-            .revoked(false)
-            .for_signing()
-            .next()
-            .ok_or_else(|| SigningError::NoSigningKey(self.fingerprint()))?;
-        ka.key().clone().into_keypair().map_err(malformed)
+    /// The signing key pair; selected again (and refused if none is left) once the cached
+    /// selection's key has expired.
+    fn keypair(&self) -> Result<Box<dyn openpgp::crypto::Signer + Send + Sync>, SigningError> {
+        match self.signer.valid_until {
+            Some(until) if std::time::SystemTime::now() >= until => {
+                Ok(select_signer(&self.cert)?.signer.boxed())
+            }
+            _ => Ok(self.signer.signer.boxed()),
+        }
     }
 
     /// ASCII-armored detached signature over `data`.
@@ -199,6 +310,33 @@ impl SigningKey {
         }
         Ok(sink)
     }
+}
+
+/// The certificate's signing-capable secret key that is valid now under the standard policy.
+fn select_signer(cert: &Cert) -> Result<CachedSigner, SigningError> {
+    let policy = StandardPolicy::new();
+    let ka = cert
+        .keys()
+        .unencrypted_secret()
+        .with_policy(&policy, None)
+        .supported()
+        .alive()
+        .revoked(false)
+        .for_signing()
+        .next()
+        .ok_or_else(|| SigningError::NoSigningKey(cert.fingerprint().to_hex()))?;
+    // The subkey's binding and the primary key's own validity both bound the selection.
+    let valid_until = [
+        ka.key_expiration_time(),
+        ka.valid_cert().primary_key().key_expiration_time(),
+    ]
+    .into_iter()
+    .flatten()
+    .min();
+    Ok(CachedSigner {
+        signer: KeySigner::new(ka.key().clone().into_keypair().map_err(malformed)?)?,
+        valid_until,
+    })
 }
 
 /// A good signature: who made it and when (by the signature's own clock, which a stolen key can
@@ -256,8 +394,10 @@ impl Keyring {
         {
             if let Ok(merged) = existing.clone().merge_public(cert) {
                 *existing = merged;
+                warm(existing);
             }
         } else {
+            warm(&cert);
             self.certs.push(cert);
         }
     }
@@ -316,6 +456,21 @@ impl Keyring {
         }
         let verified = v.into_helper().into_result()?;
         Ok((verified, content))
+    }
+}
+
+/// Verifies a certificate's self-signatures once, now: sequoia remembers the outcome in the
+/// certificate, and every verification works on a clone of it, which keeps that state. Without
+/// this each clone checked the binding signatures again (issue 7, P3: ~10 % of an attestation's
+/// CPU). Revocations and expiry are still judged per verification, at the signature's time.
+fn warm(cert: &Cert) {
+    for key in cert.keys() {
+        let _ = key.self_signatures().count();
+        let _ = key.self_revocations().count();
+    }
+    for uid in cert.userids() {
+        let _ = uid.self_signatures().count();
+        let _ = uid.self_revocations().count();
     }
 }
 
@@ -498,6 +653,41 @@ mod tests {
             "signed by the subkey, counted as the primary"
         );
         assert!(ring.verify_detached(b"statemenT", sig.as_bytes()).is_err());
+    }
+
+    #[test]
+    fn ed25519_keys_sign_through_the_expanded_key_and_reload_the_same() {
+        let key = SigningKey::generate("a").expect("keygen");
+        assert!(matches!(key.signer.signer, KeySigner::Ed25519(_)));
+        let reloaded = SigningKey::from_bytes(&key.secret_armored().expect("tsk")).expect("load");
+        let ring = keyring_of(&[&key]);
+        for k in [&key, &reloaded] {
+            let sig = k.sign_detached(b"decision").expect("sign");
+            let v = ring
+                .verify_detached(b"decision", sig.as_bytes())
+                .expect("verifies");
+            assert_eq!(v.fingerprint, key.fingerprint());
+        }
+    }
+
+    #[test]
+    fn a_key_that_expires_while_loaded_stops_signing() {
+        let now = std::time::SystemTime::now();
+        let (cert, _) = CertBuilder::new()
+            .set_cipher_suite(CipherSuite::Cv25519)
+            .set_creation_time(now - std::time::Duration::from_secs(58))
+            .set_validity_period(std::time::Duration::from_secs(60))
+            .add_userid("short-lived")
+            .add_signing_subkey()
+            .generate()
+            .expect("keygen");
+        let key = SigningKey::from_cert(cert).expect("valid for two more seconds");
+        key.sign_detached(b"x").expect("signs while valid");
+        std::thread::sleep(std::time::Duration::from_millis(2500));
+        assert!(matches!(
+            key.sign_detached(b"x"),
+            Err(SigningError::NoSigningKey(_))
+        ));
     }
 
     #[test]

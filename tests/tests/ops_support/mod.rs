@@ -163,6 +163,10 @@ impl FakeAgent {
             .await
             .expect("connecting to the test vhost");
         let ch = conn.create_channel().await.expect("channel");
+        // As the real agent's event publisher does: the coordinator may not have declared it yet.
+        lockstep_agent::events::declare_events_exchange(&ch)
+            .await
+            .expect("declaring the events exchange");
         FakeAgent {
             name: name.into(),
             fingerprint: fingerprint.into(),
