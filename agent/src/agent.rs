@@ -42,7 +42,7 @@ impl Agent {
         std::fs::create_dir_all(cfg.work_root())
             .with_context(|| format!("creating {}", cfg.work_root().display()))?;
         let mut delay = std::time::Duration::from_millis(500);
-        let runtime = loop {
+        let mut runtime = loop {
             match Runtime::connect(cfg.runtime.clone()).await {
                 Ok(r) => break r,
                 Err(e) => {
@@ -64,6 +64,10 @@ impl Agent {
                 tracing::warn!(error = %e, "could not remove Docker leftovers of an earlier run")
             }
         }
+        // After the leftovers: no container of an earlier run still writes the lists it deletes.
+        runtime
+            .use_apt_lists_cache(&cfg.work_root().join("apt-lists"))
+            .context("starting the apt lists cache")?;
         let worker = Worker::new(cfg, key, Arc::new(runtime))?;
         Ok(Some(Agent {
             worker: Arc::new(worker),

@@ -50,6 +50,8 @@ pub struct RawConfig {
     pub deps_network: Option<String>,
     /// Free bytes the scratch space needs before a build starts (default 2 GiB).
     pub min_free_bytes: Option<u64>,
+    /// Seconds the cached apt indices are reused before a refresh (default 900; 0 = off).
+    pub apt_lists_max_age_secs: Option<u64>,
     pub shutdown_grace_secs: Option<u64>,
 }
 
@@ -137,6 +139,9 @@ impl RawConfig {
             tmpfs_size: self.tmpfs_size.unwrap_or(d.tmpfs_size),
             deps_network: self.deps_network.unwrap_or(d.deps_network),
             min_free_bytes: self.min_free_bytes.unwrap_or(d.min_free_bytes),
+            apt_lists_max_age: self
+                .apt_lists_max_age_secs
+                .map_or(d.apt_lists_max_age, Duration::from_secs),
         };
         if runtime.build_uid == 0 {
             anyhow::bail!("build_uid must not be 0: builds never run as root");

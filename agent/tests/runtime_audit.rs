@@ -115,6 +115,7 @@ async fn build_containers_are_isolated_and_deps_containers_minimal() {
                 assert_eq!(mounts.len(), 1, "only the sources: {mounts:?}");
                 assert_eq!(mounts[0].rw, Some(false), "sources mounted read-only");
             }
+            ContainerRole::AptLists => panic!("no apt lists cache in use here: {mounts:?}"),
         }
         assert!(
             !common::container_exists(rt.docker(), &audit.id).await,

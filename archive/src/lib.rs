@@ -13,7 +13,7 @@
 //!
 //! Layout:
 //! - [`archive`]: the [`Archive`] handle; the only module that combines the others.
-//! - [`blobs`]: streaming, fsynced, link-never-replace blob writes.
+//! - [`blobs`]: streaming, fsynced, link-never-replace blob writes, single or in batches.
 //! - `db`: SQLite settings (WAL, `synchronous=FULL`), schema and immutability triggers.
 //! - `group`: group commit — concurrent appends share one transaction, checkpoint and fsync.
 //! - [`records`]: record, blob-link and alarm types and their SQL.
@@ -43,7 +43,7 @@ pub mod stats;
 pub mod verify;
 
 pub use archive::Archive;
-pub use blobs::BlobPut;
+pub use blobs::{BlobPut, PutBlobsError};
 pub use error::ArchiveError;
 pub use proof::{CheckpointInfo, ProofError};
 pub use records::{Alarm, BlobLink, NewRecord, Record, RecordRef};

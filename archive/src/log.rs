@@ -1,11 +1,19 @@
 //! The transparency log: an RFC 6962 Merkle tree over record leaves, stored as tlog "stored
 //! hashes", served as C2SP tlog-tiles and committed to by signed-note checkpoints.
 //!
-//! Storage. `log_leaves` holds the leaf data (see [`crate::leaf`]); `log_hashes` holds every
-//! hash at `tlog_tiles::stored_hash_index(level, n)` — the Crosby–Wallach layout also used by Go's
-//! sumdb. Appending leaf `n` writes on average two hashes and reads at most log₂ n earlier ones
-//! ([`tlog_tiles::stored_hashes`]), so appends never recompute the tree. Tiles are not stored
-//! separately: a tile is a run of stored hashes, read on demand with [`tlog_tiles::Tile::read_data`].
+//! Storage. `log_leaves` holds the leaf data (see [`crate::leaf`]); `log_hashes` holds the tlog
+//! "stored hashes" of levels 1 and up, each at `tlog_tiles::stored_hash_index(level, n)` — the
+//! Crosby–Wallach layout also used by Go's sumdb. Level-0 hashes, the leaf hashes, are not stored:
+//! [`SqlHashes`] recomputes them as `tlog_tiles::record_hash` of the leaf data, which `log_leaves`
+//! keeps anyway, so the log costs about one 32-byte hash per leaf instead of two. Appending leaf
+//! `n` writes on average one hash and reads at most log₂ n earlier ones (one of them a leaf,
+//! re-hashed; [`tlog_tiles::stored_hashes`]), so appends never recompute the tree. Tiles are not
+//! stored separately: a tile is a run of stored hashes (for level 0, of leaves hashed on the fly),
+//! read on demand with [`tlog_tiles::Tile::read_data`].
+//!
+//! Archives written before leaf hashes were dropped also hold level-0 rows in `log_hashes`, for a
+//! prefix of the leaves. They stay as they are (the table is write-once): reads never use them,
+//! appends simply stop adding them, and `verify` checks each against its leaf.
 //!
 //! Tile paths. `tlog_tiles` 0.2 formats Go-sumdb paths (`tile/H/L/NNN`), which carry the tile
 //! height; C2SP tlog-tiles fixes the height at 8 and drops it (`tile/L/NNN[.p/W]`,
@@ -36,28 +44,105 @@ pub const TILE_HEIGHT: u8 = 8;
 /// Entries (or hashes) in a full tile.
 pub const TILE_WIDTH: u64 = 1 << TILE_HEIGHT;
 
-/// Reads stored hashes from `log_hashes` for the tlog algorithms.
+/// Reads stored hashes for the tlog algorithms. Level-0 hashes (leaf hashes) are recomputed from
+/// the leaf data in `log_leaves`; every higher level is read from `log_hashes`.
 pub(crate) struct SqlHashes<'a>(pub &'a Connection);
+
+/// A database error, in the form [`tlog_err`] reports as corruption of stored data.
+fn db_err(e: rusqlite::Error) -> tlog_tiles::Error {
+    tlog_tiles::Error::InvalidInput(format!("database: {e}"))
+}
+
+fn leaf_index_sql(n: u64) -> Result<i64, tlog_tiles::Error> {
+    i64::try_from(n).map_err(|_| tlog_tiles::Error::IndexesNotInTree)
+}
+
+impl SqlHashes<'_> {
+    /// Leaf hashes of leaves `first..first + out.len()`, written into `out`.
+    fn leaf_hashes(&self, first: u64, out: &mut [Hash]) -> Result<(), tlog_tiles::Error> {
+        if let [one] = out {
+            let data: Vec<u8> = self
+                .0
+                .prepare_cached("SELECT data FROM log_leaves WHERE leaf_index = ?1")
+                .map_err(db_err)?
+                .query_row([leaf_index_sql(first)?], |r| r.get(0))
+                .optional()
+                .map_err(db_err)?
+                .ok_or(tlog_tiles::Error::IndexesNotInTree)?;
+            *one = tlog_tiles::record_hash(&data);
+            return Ok(());
+        }
+        let end = first
+            .checked_add(out.len() as u64)
+            .ok_or(tlog_tiles::Error::IndexesNotInTree)?;
+        let mut stmt = self
+            .0
+            .prepare_cached(
+                "SELECT leaf_index, data FROM log_leaves \
+                 WHERE leaf_index >= ?1 AND leaf_index < ?2 ORDER BY leaf_index",
+            )
+            .map_err(db_err)?;
+        let mut rows = stmt
+            .query([leaf_index_sql(first)?, leaf_index_sql(end)?])
+            .map_err(db_err)?;
+        let mut want = first;
+        while let Some(row) = rows.next().map_err(db_err)? {
+            let index: i64 = row.get(0).map_err(db_err)?;
+            // Rows come in order from a primary-key range, so a gap shows as a skipped index.
+            if u64::try_from(index).ok() != Some(want) {
+                return Err(tlog_tiles::Error::IndexesNotInTree);
+            }
+            let data = row.get_ref(1).map_err(db_err)?.as_blob().map_err(|e| {
+                tlog_tiles::Error::InvalidInput(format!("database: leaf {index} data: {e}"))
+            })?;
+            // `want - first` < out.len(): the range query returns at most that many rows.
+            out[(want - first) as usize] = tlog_tiles::record_hash(data);
+            want += 1;
+        }
+        if want != end {
+            return Err(tlog_tiles::Error::IndexesNotInTree);
+        }
+        Ok(())
+    }
+
+    /// The stored hash at `idx` (level >= 1) from `log_hashes`.
+    fn stored_hash(&self, idx: u64) -> Result<Hash, tlog_tiles::Error> {
+        let idx = i64::try_from(idx).map_err(|_| tlog_tiles::Error::IndexesNotInTree)?;
+        let bytes: Vec<u8> = self
+            .0
+            .prepare_cached("SELECT hash FROM log_hashes WHERE idx = ?1")
+            .map_err(db_err)?
+            .query_row([idx], |r| r.get(0))
+            .optional()
+            .map_err(db_err)?
+            .ok_or(tlog_tiles::Error::IndexesNotInTree)?;
+        let hash: [u8; HASH_SIZE] = bytes
+            .try_into()
+            .map_err(|_| tlog_tiles::Error::MalformedHash)?;
+        Ok(Hash(hash))
+    }
+}
 
 impl HashReader for SqlHashes<'_> {
     fn read_hashes(&self, indexes: &[u64]) -> Result<Vec<Hash>, tlog_tiles::Error> {
-        let db = |e: rusqlite::Error| tlog_tiles::Error::InvalidInput(format!("database: {e}"));
-        let mut stmt = self
-            .0
-            .prepare_cached("SELECT hash FROM log_hashes WHERE idx = ?1")
-            .map_err(db)?;
-        let mut out = Vec::with_capacity(indexes.len());
-        for &idx in indexes {
-            let idx = i64::try_from(idx).map_err(|_| tlog_tiles::Error::IndexesNotInTree)?;
-            let bytes: Vec<u8> = stmt
-                .query_row([idx], |r| r.get(0))
-                .optional()
-                .map_err(db)?
-                .ok_or(tlog_tiles::Error::IndexesNotInTree)?;
-            let hash: [u8; HASH_SIZE] = bytes
-                .try_into()
-                .map_err(|_| tlog_tiles::Error::MalformedHash)?;
-            out.push(Hash(hash));
+        let mut out = vec![Hash([0; HASH_SIZE]); indexes.len()];
+        let mut i = 0;
+        while i < indexes.len() {
+            let (level, n) = tlog_tiles::split_stored_hash_index(indexes[i]);
+            if level != 0 {
+                out[i] = self.stored_hash(indexes[i])?;
+                i += 1;
+                continue;
+            }
+            // A run of consecutive leaves (a level-0 tile asks for 256) is read in one query.
+            let mut end = i + 1;
+            while end < indexes.len()
+                && tlog_tiles::split_stored_hash_index(indexes[end]) == (0, n + (end - i) as u64)
+            {
+                end += 1;
+            }
+            self.leaf_hashes(n, &mut out[i..end])?;
+            i = end;
         }
         Ok(out)
     }
@@ -81,7 +166,8 @@ pub(crate) fn size_in(conn: &Connection) -> Result<u64, ArchiveError> {
     u64::try_from(n).map_err(|_| ArchiveError::Corrupt(format!("log size {n} is negative")))
 }
 
-/// Appends leaf `index` (which must be the current size) and its stored hashes.
+/// Appends leaf `index` (which must be the current size) and the stored hashes of the subtrees
+/// it completes (levels >= 1; its own leaf hash is recomputed from the data when read).
 pub(crate) fn append_leaf(
     conn: &Connection,
     index: u64,
@@ -98,10 +184,13 @@ pub(crate) fn append_leaf(
     let base = tlog_tiles::stored_hash_index(0, index);
     let mut stmt = conn.prepare_cached("INSERT INTO log_hashes (idx, hash) VALUES (?1, ?2)")?;
     for (i, h) in hashes.iter().enumerate() {
-        stmt.execute(params![
-            i64_from_u64(base + i as u64, "stored hash index")?,
-            &h.0[..]
-        ])?;
+        let idx = base + i as u64;
+        // The level-0 hash (first in the list) is the leaf hash: `log_leaves` already holds
+        // what it is computed from, so it is not stored.
+        if tlog_tiles::split_stored_hash_index(idx).0 == 0 {
+            continue;
+        }
+        stmt.execute(params![i64_from_u64(idx, "stored hash index")?, &h.0[..]])?;
     }
     Ok(())
 }
@@ -501,6 +590,105 @@ pub(crate) fn checkpoint(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every stored hash of a log, computed in memory by `tlog_tiles` from the leaf data.
+    struct MemHashes(Vec<Hash>);
+
+    impl HashReader for MemHashes {
+        fn read_hashes(&self, indexes: &[u64]) -> Result<Vec<Hash>, tlog_tiles::Error> {
+            indexes
+                .iter()
+                .map(|&i| {
+                    self.0
+                        .get(i as usize)
+                        .copied()
+                        .ok_or(tlog_tiles::Error::IndexesNotInTree)
+                })
+                .collect()
+        }
+    }
+
+    #[test]
+    fn sql_hashes_recompute_leaf_hashes_in_any_batch_and_refuse_missing_ones() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let a = crate::Archive::open(dir.path(), "lockstep.test/log").expect("open");
+        let size = 300u64;
+        let recs: Vec<crate::NewRecord> = (0..size)
+            .map(|i| crate::NewRecord {
+                kind: "test".into(),
+                source: format!("p{i}"),
+                version: "1".into(),
+                arch: "amd64".into(),
+                job_id: None,
+                signer: None,
+                dedup_key: None,
+                body: format!("body {i}").into_bytes(),
+                signature: None,
+                blobs: Vec::new(),
+            })
+            .collect();
+        a.append_records(&recs).expect("append");
+        let conn = a.conn();
+        let mut mem = MemHashes(Vec::new());
+        let mut stmt = conn
+            .prepare("SELECT data FROM log_leaves ORDER BY leaf_index")
+            .expect("prepare");
+        let data: Vec<Vec<u8>> = stmt
+            .query_map([], |r| r.get(0))
+            .expect("query")
+            .collect::<rusqlite::Result<_>>()
+            .expect("rows");
+        for (n, d) in data.iter().enumerate() {
+            let new = tlog_tiles::stored_hashes(n as u64, d, &mem).expect("in memory");
+            mem.0.extend(new);
+        }
+        let count = tlog_tiles::stored_hash_count(size);
+        assert_eq!(mem.0.len() as u64, count);
+        let stored: i64 = conn
+            .query_row("SELECT COUNT(*) FROM log_hashes", [], |r| r.get(0))
+            .expect("count");
+        assert_eq!(stored as u64, count - size, "levels >= 1 only");
+
+        let sql = SqlHashes(&conn);
+        let all: Vec<u64> = (0..count).collect();
+        let mut reversed = all.clone();
+        reversed.reverse();
+        let leaf_run: Vec<u64> = (10..266)
+            .map(|n| tlog_tiles::stored_hash_index(0, n))
+            .collect();
+        let scattered = vec![
+            tlog_tiles::stored_hash_index(0, 5),
+            tlog_tiles::stored_hash_index(0, 5),
+            tlog_tiles::stored_hash_index(0, 6),
+            tlog_tiles::stored_hash_index(3, 2),
+            tlog_tiles::stored_hash_index(0, 7),
+            tlog_tiles::stored_hash_index(0, 299),
+            tlog_tiles::stored_hash_index(0, 0),
+        ];
+        for batch in [&all, &reversed, &leaf_run, &scattered] {
+            assert_eq!(
+                sql.read_hashes(batch).expect("read"),
+                mem.read_hashes(batch).expect("read"),
+            );
+        }
+        for missing in [
+            vec![tlog_tiles::stored_hash_index(0, size)],
+            vec![
+                tlog_tiles::stored_hash_index(0, size - 1),
+                tlog_tiles::stored_hash_index(0, size),
+            ],
+            vec![tlog_tiles::stored_hash_index(1, size / 2)],
+            vec![tlog_tiles::stored_hash_index(0, 1 << 62)],
+        ] {
+            assert!(
+                matches!(
+                    sql.read_hashes(&missing),
+                    Err(tlog_tiles::Error::IndexesNotInTree)
+                ),
+                "{missing:?}"
+            );
+        }
+    }
 
     #[test]
     fn tile_paths_round_trip_and_reject_non_canonical_forms() {

@@ -5,10 +5,13 @@
 //! - Records: every record's leaf, recomputed from its stored columns and blob links, equals the
 //!   stored leaf data; body hashes match; every record is in the log and vice versa.
 //! - Log: leaves are contiguous from 0; the tree recomputed from the leaf data (with a plain
-//!   RFC 6962 frontier written here, independent of `tlog_tiles`) reproduces every stored hash —
-//!   tiles are served from those stored hashes, so this covers them too — and no extra hashes
-//!   exist; every checkpoint's signature verifies and its root equals the recomputed root at its
-//!   size.
+//!   RFC 6962 frontier written here, independent of `tlog_tiles`) reproduces every stored hash of
+//!   level 1 and up, each of which must exist — tiles are served from those stored hashes and
+//!   from the leaves, so this covers them too — and no extra hashes exist; every checkpoint's
+//!   signature verifies and its root equals the recomputed root at its size.
+//! - Leaf hashes (level 0) are recomputed from the leaves, not stored. Archives written before
+//!   that hold them for a prefix of the leaves: each such row must equal the hash of its leaf,
+//!   and none may follow a leaf that has none.
 //! - Schema: every immutability trigger is present.
 //!
 //! The log part runs on a separate read-only connection inside one read transaction, so it sees
@@ -255,6 +258,8 @@ fn check_log(
     let mut frontier = Frontier::default();
     check_roots(0, frontier.root(), &mut report.problems);
     let mut hash_problems = 0usize;
+    // The first leaf without a stored leaf hash: none may follow it.
+    let mut first_without_leaf_hash: Option<u64> = None;
     let mut hash_stmt = conn.prepare("SELECT hash FROM log_hashes WHERE idx = ?1")?;
     let mut leaf_stmt =
         conn.prepare("SELECT leaf_index, record_id, data FROM log_leaves ORDER BY leaf_index")?;
@@ -294,7 +299,42 @@ fn check_log(
                 }
             }
         }
-        for (idx, want) in frontier.push(n, proof::leaf_hash(&data)) {
+        let mut completed = frontier.push(n, proof::leaf_hash(&data)).into_iter();
+        let (leaf_idx, leaf_want) = completed
+            .next()
+            .expect("Frontier::push lists the leaf's own hash first");
+        let stored_leaf: Option<Vec<u8>> = {
+            use rusqlite::OptionalExtension;
+            hash_stmt
+                .query_row([leaf_idx as i64], |r| r.get(0))
+                .optional()?
+        };
+        match stored_leaf {
+            None => {
+                first_without_leaf_hash.get_or_insert(n);
+            }
+            Some(stored) => {
+                let mut problem = |what: String| {
+                    hash_problems += 1;
+                    if hash_problems <= MAX_HASH_PROBLEMS {
+                        report.problems.push(format!(
+                            "stored log hash {leaf_idx} (the leaf hash of leaf {n}, record \
+                             {record_id}) {what}"
+                        ));
+                    }
+                };
+                if stored != leaf_want {
+                    problem("differs from the hash of the leaf data".to_string());
+                }
+                if let Some(m) = first_without_leaf_hash {
+                    problem(format!(
+                        "exists although leaf {m} has none: leaf hashes were stored only by \
+                         archives of the earlier layout, for a prefix of the leaves"
+                    ));
+                }
+            }
+        }
+        for (idx, want) in completed {
             let stored: Option<Vec<u8>> = {
                 use rusqlite::OptionalExtension;
                 hash_stmt.query_row([idx as i64], |r| r.get(0)).optional()?
@@ -324,15 +364,18 @@ fn check_log(
             hash_problems - MAX_HASH_PROBLEMS
         ));
     }
+    // Every stored index below stored_hash_count(n) was looked up above (levels >= 1 must exist,
+    // leaf hashes may), so any other row is one the tree does not have.
     let expected_hashes = tlog_tiles::stored_hash_count(n);
     let extra: i64 = conn.query_row(
-        "SELECT COUNT(*) FROM log_hashes WHERE idx >= ?1",
+        "SELECT COUNT(*) FROM log_hashes WHERE idx < 0 OR idx >= ?1",
         [expected_hashes as i64],
         |r| r.get(0),
     )?;
     if extra > 0 {
         report.problems.push(format!(
-            "{extra} stored log hashes lie beyond a tree of {n} leaves: leaves were dropped"
+            "{extra} stored log hashes lie outside a tree of {n} leaves: leaves were dropped \
+             or hashes added"
         ));
     }
     for (size, list) in cps {

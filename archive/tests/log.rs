@@ -463,3 +463,304 @@ fn dropped_leaves_are_found_by_verify() {
         "{problems}"
     );
 }
+
+// ---- leaf hashes are recomputed from the leaves, not stored ----
+
+/// Stored index of leaf `n`'s hash (level 0).
+fn leaf_idx(n: u64) -> u64 {
+    tlog_tiles::stored_hash_index(0, n)
+}
+
+/// (level-0 rows, rows of levels >= 1) in `log_hashes`.
+fn hash_rows(dir: &std::path::Path) -> (u64, u64) {
+    let db = raw_db(dir);
+    let mut stmt = db.prepare("SELECT idx FROM log_hashes").expect("prepare");
+    let idxs: Vec<i64> = stmt
+        .query_map([], |r| r.get(0))
+        .expect("query")
+        .collect::<rusqlite::Result<_>>()
+        .expect("rows");
+    let level0 = idxs
+        .iter()
+        .filter(|&&i| tlog_tiles::split_stored_hash_index(i as u64).0 == 0)
+        .count() as u64;
+    (level0, idxs.len() as u64 - level0)
+}
+
+/// Makes the archive look as if its first `k` leaves had been appended by the earlier layout,
+/// which also stored every leaf hash as a `log_hashes` row. Plain inserts of new keys are what
+/// that code did; the write-once triggers allow them.
+fn add_old_layout_leaf_hashes(dir: &std::path::Path, leaves: &[Vec<u8>]) {
+    let db = raw_db(dir);
+    for (n, data) in leaves.iter().enumerate() {
+        db.execute(
+            "INSERT INTO log_hashes (idx, hash) VALUES (?1, ?2)",
+            rusqlite::params![leaf_idx(n as u64) as i64, &rfc_leaf_hash(data)[..]],
+        )
+        .expect("insert an old-layout leaf hash");
+    }
+}
+
+/// Checks every root, a spread of inclusion and consistency proofs (with `tlog_tiles`' own
+/// checkers and with this crate's) and the hash tiles against an independent computation.
+fn check_log_against_leaves(a: &lockstep_archive::Archive) {
+    use tlog_tiles::Hash;
+    let data = leaves(a);
+    let size = data.len() as u64;
+    let hashes: Vec<[u8; 32]> = data.iter().map(|d| rfc_leaf_hash(d)).collect();
+    let roots: Vec<[u8; 32]> = (0..=hashes.len()).map(|n| mth(&hashes[..n])).collect();
+    let to_hashes = |p: &[[u8; 32]]| p.iter().map(|h| Hash(*h)).collect::<Vec<_>>();
+    for t in 0..=size {
+        assert_eq!(a.root_hash(t).expect("root"), roots[t as usize], "root {t}");
+    }
+    for t in (1..=size).filter(|t| *t <= 40 || t % 13 == 0 || *t == size) {
+        for n in (0..t).filter(|n| *n < 20 || n % 7 == 0 || *n + 1 == t) {
+            let proof = a.inclusion_proof(n, t).expect("inclusion proof");
+            tlog_tiles::check_record(
+                &to_hashes(&proof),
+                t,
+                Hash(roots[t as usize]),
+                n,
+                tlog_tiles::record_hash(&data[n as usize]),
+            )
+            .unwrap_or_else(|e| panic!("leaf {n} in {t}: {e}"));
+            verify_inclusion(hashes[n as usize], n, t, &proof, roots[t as usize])
+                .expect("inclusion");
+        }
+        for old in (1..=t).filter(|o| *o < 20 || o % 11 == 0 || *o == t) {
+            let proof = a.consistency_proof(old, t).expect("consistency proof");
+            tlog_tiles::check_tree(
+                &to_hashes(&proof),
+                t,
+                Hash(roots[t as usize]),
+                old,
+                Hash(roots[old as usize]),
+            )
+            .unwrap_or_else(|e| panic!("{old} -> {t}: {e}"));
+        }
+    }
+    for k in 0..size / 256 {
+        let k = k as usize;
+        let tile = a
+            .tile(&format!("tile/0/{k:03}"))
+            .expect("tile")
+            .expect("full tile");
+        assert_eq!(tile, hashes[k * 256..(k + 1) * 256].concat());
+    }
+    if size % 256 != 0 {
+        let k = (size / 256) as usize;
+        let tile = a
+            .tile(&format!("tile/0/{k:03}.p/{}", size % 256))
+            .expect("tile")
+            .expect("partial tile");
+        assert_eq!(tile, hashes[k * 256..].concat());
+    }
+    if size >= 256 {
+        let level1 = a
+            .tile(&format!("tile/1/000.p/{}", size / 256))
+            .expect("tile")
+            .expect("level-1 tile");
+        let want: Vec<u8> = (0..(size / 256) as usize)
+            .flat_map(|k| mth(&hashes[k * 256..(k + 1) * 256]))
+            .collect();
+        assert_eq!(level1, want);
+    }
+}
+
+#[test]
+fn a_new_archive_stores_no_leaf_hashes_and_its_proofs_tiles_and_roots_verify() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let a = archive_with(dir.path(), 300);
+    a.checkpoint().expect("checkpoint");
+    let (level0, higher) = hash_rows(dir.path());
+    assert_eq!(level0, 0, "no leaf hash is stored");
+    // Every stored hash of level >= 1 is there: 2n - popcount(n) in all, minus the n leaves.
+    assert_eq!(higher, tlog_tiles::stored_hash_count(300) - 300);
+    check_log_against_leaves(&a);
+    // Appends one at a time (each reads the previous leaf back to complete its subtrees).
+    for i in 300..310 {
+        a.append_record(record(i)).expect("append");
+    }
+    assert_eq!(hash_rows(dir.path()).0, 0);
+    check_log_against_leaves(&a);
+    let report = a.verify().expect("verify");
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    assert_eq!(report.leaves_checked, 310);
+}
+
+#[test]
+fn an_old_layout_archive_with_stored_leaf_hashes_reads_verifies_and_grows_the_same() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let a = archive_with(dir.path(), 260);
+    a.checkpoint().expect("checkpoint");
+    let data = leaves(&a);
+    let before: Vec<_> = (0..=260u64)
+        .map(|t| {
+            (
+                a.root_hash(t).expect("root"),
+                (t > 0).then(|| a.inclusion_proof(t / 3, t).expect("inclusion")),
+                (t > 0).then(|| a.consistency_proof(t / 2 + 1, t).expect("consistency")),
+            )
+        })
+        .collect();
+    let tiles = |a: &lockstep_archive::Archive| {
+        ["tile/0/000", "tile/0/001.p/4", "tile/1/000.p/1"]
+            .map(|p| a.tile(p).expect("tile").expect("exists"))
+    };
+    let tiles_before = tiles(&a);
+
+    add_old_layout_leaf_hashes(dir.path(), &data);
+    assert_eq!(hash_rows(dir.path()).0, 260);
+    let after: Vec<_> = (0..=260u64)
+        .map(|t| {
+            (
+                a.root_hash(t).expect("root"),
+                (t > 0).then(|| a.inclusion_proof(t / 3, t).expect("inclusion")),
+                (t > 0).then(|| a.consistency_proof(t / 2 + 1, t).expect("consistency")),
+            )
+        })
+        .collect();
+    assert!(
+        before == after,
+        "old-layout rows change nothing that is read"
+    );
+    assert_eq!(tiles(&a), tiles_before);
+    let report = a.verify().expect("verify");
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+
+    // Reopened by this version, it grows without leaf hashes: old rows for a prefix only.
+    drop(a);
+    let a = open(dir.path());
+    for chunk in (260..330).map(record).collect::<Vec<_>>().chunks(25) {
+        a.append_records(chunk).expect("append");
+    }
+    a.append_record(record(330)).expect("append one");
+    let note = a
+        .checkpoint()
+        .expect("checkpoint signs: the stored tree extends the old one");
+    let cp = verify_checkpoint(&note, &a.verifier_key()).expect("verifies");
+    assert_eq!(cp.size, 331);
+    let (level0, higher) = hash_rows(dir.path());
+    assert_eq!(level0, 260, "the old rows stay, no new ones");
+    assert_eq!(higher, tlog_tiles::stored_hash_count(331) - 331);
+    check_log_against_leaves(&a);
+    let report = a.verify().expect("verify");
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    assert_eq!(report.leaves_checked, 331);
+}
+
+#[test]
+fn a_tampered_or_misplaced_old_layout_leaf_hash_is_found_by_verify() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let a = archive_with(dir.path(), 30);
+    a.checkpoint().expect("checkpoint");
+    let data = leaves(&a);
+    add_old_layout_leaf_hashes(dir.path(), &data[..20]);
+    assert!(a.verify().expect("verify").problems.is_empty());
+    let root = a.root_hash(30).expect("root");
+
+    let db = raw_db(dir.path());
+    db.execute_batch("DROP TRIGGER log_hashes_no_update")
+        .expect("drop trigger");
+    db.execute(
+        "UPDATE log_hashes SET hash = zeroblob(32) WHERE idx = ?1",
+        [leaf_idx(5) as i64],
+    )
+    .expect("tamper a leaf hash");
+    // A leaf hash after the prefix: right, but no archive ever wrote it.
+    db.execute(
+        "INSERT INTO log_hashes (idx, hash) VALUES (?1, ?2)",
+        rusqlite::params![leaf_idx(25) as i64, &rfc_leaf_hash(&data[25])[..]],
+    )
+    .expect("insert");
+    drop(db);
+
+    // Reads never use leaf-hash rows: the tree and its proofs are unchanged.
+    assert_eq!(a.root_hash(30).expect("root"), root);
+    check_log_against_leaves(&a);
+    let problems = a.verify().expect("verify").problems.join("\n");
+    assert!(
+        problems.contains(&format!(
+            "stored log hash {} (the leaf hash of leaf 5, record 6) differs from the hash of the \
+             leaf data",
+            leaf_idx(5)
+        )),
+        "{problems}"
+    );
+    assert!(
+        problems.contains(&format!(
+            "stored log hash {} (the leaf hash of leaf 25, record 26) exists although leaf 20 has \
+             none",
+            leaf_idx(25)
+        )),
+        "{problems}"
+    );
+    assert!(
+        problems.contains("log_hashes_no_update is missing"),
+        "{problems}"
+    );
+}
+
+#[test]
+fn a_rewritten_leaf_is_found_by_verify_and_fails_closed_in_every_layout() {
+    // A new archive; the last leaf of an odd-sized tree is in no stored hash at all.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let a = archive_with(dir.path(), 21);
+    a.checkpoint().expect("checkpoint");
+    let root = a.root_hash(21).expect("root");
+    let proof_19 = a.inclusion_proof(19, 21).expect("proof");
+    let db = raw_db(dir.path());
+    db.execute_batch("DROP TRIGGER log_leaves_no_update")
+        .expect("drop trigger");
+    db.execute(
+        "UPDATE log_leaves SET data = CAST('forged' AS BLOB) WHERE leaf_index = 20",
+        [],
+    )
+    .expect("tamper");
+    drop(db);
+    let problems = a.verify().expect("verify").problems.join("\n");
+    assert!(
+        problems.contains("record 21 does not match log leaf 20"),
+        "{problems}"
+    );
+    assert!(problems.contains("the log was rewritten"), "{problems}");
+    // The leaf hash is recomputed from the forged data, so the served tree no longer matches
+    // what was signed: proofs through it fail and no new checkpoint is signed.
+    assert_ne!(a.root_hash(21).expect("root"), root);
+    assert_ne!(a.inclusion_proof(19, 21).expect("proof"), proof_19);
+    let err = a.checkpoint().expect_err("must refuse to sign");
+    assert!(matches!(err, ArchiveError::Corrupt(_)), "{err:?}");
+    assert!(a
+        .alarms()
+        .expect("alarms")
+        .iter()
+        .any(|al| al.kind == "log-inconsistent"));
+
+    // An old-layout archive: the stored leaf hash no longer matches the leaf either.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let a = archive_with(dir.path(), 12);
+    a.checkpoint().expect("checkpoint");
+    add_old_layout_leaf_hashes(dir.path(), &leaves(&a));
+    let db = raw_db(dir.path());
+    db.execute_batch("DROP TRIGGER log_leaves_no_update")
+        .expect("drop trigger");
+    db.execute(
+        "UPDATE log_leaves SET data = CAST('forged' AS BLOB) WHERE leaf_index = 4",
+        [],
+    )
+    .expect("tamper");
+    drop(db);
+    let problems = a.verify().expect("verify").problems.join("\n");
+    assert!(
+        problems.contains("record 5 does not match log leaf 4"),
+        "{problems}"
+    );
+    assert!(
+        problems.contains(&format!(
+            "stored log hash {} (the leaf hash of leaf 4, record 5) differs",
+            leaf_idx(4)
+        )),
+        "{problems}"
+    );
+    assert!(problems.contains("the log was rewritten"), "{problems}");
+}

@@ -378,10 +378,12 @@ impl crate::service::Service {
             let (deb2, inr2) = (deb.clone(), inrelease.clone());
             let inrelease_sha256 =
                 tokio::task::spawn_blocking(move || -> anyhow::Result<Sha256Digest> {
-                    archive.put_blob(Some(sha256), std::fs::File::open(&deb2)?, max)?;
-                    Ok(archive
-                        .put_blob(None, std::fs::File::open(&inr2)?, max)?
-                        .digest)
+                    // One batch: two file-system syncs and one commit for both files.
+                    let items = [
+                        (Some(sha256), std::fs::File::open(&deb2)?),
+                        (None, std::fs::File::open(&inr2)?),
+                    ];
+                    Ok(archive.put_blobs(items, max)?[1].digest)
                 })
                 .await
                 .context("storing official binaries")??;

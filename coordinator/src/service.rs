@@ -1055,7 +1055,10 @@ fn check_artifacts(archive: &Archive, st: &Statement) -> Result<()> {
     Ok(())
 }
 
-/// Hashes every file a `.dsc` lists, checks it against the `.dsc`, and stores it in the archive.
+/// Hashes every file a `.dsc` lists, checks it against the `.dsc`, and stores the `.dsc` and its
+/// files in the archive as one batch ([`Archive::put_blobs`]: two file-system syncs and one
+/// commit for the whole source package). A file that does not match the `.dsc` fails the batch
+/// before anything of it is stored.
 fn ingest_source_files(
     archive: &Archive,
     dsc_path: &Path,
@@ -1070,27 +1073,40 @@ fn ingest_source_files(
         .and_then(|n| n.to_str())
         .context("the .dsc has no file name")?
         .to_string();
-    let mut files = Vec::new();
-    let put = archive
-        .put_blob(None, &bytes[..], max)
-        .context("storing the .dsc")?;
-    files.push(FileRef {
-        name: dsc_name,
-        sha256: put.digest,
-        size: put.size,
-    });
+    // Item 0 is the .dsc, item i > 0 is parsed.files[i - 1]. A .dsc lists a handful of files, so
+    // they are all opened up front.
+    let mut items: Vec<(Option<Sha256Digest>, Box<dyn std::io::Read + '_>)> =
+        Vec::with_capacity(1 + parsed.files.len());
+    items.push((None, Box::new(&bytes[..])));
     for f in &parsed.files {
         let path = dir.join(&f.name);
         let file = std::fs::File::open(&path).with_context(|| {
             format!("{} lists {} but it is missing", dsc_path.display(), f.name)
         })?;
-        let put = archive.put_blob(Some(f.sha256), file, max).map_err(|e| match e {
-            ArchiveError::DigestMismatch { .. } => anyhow::anyhow!(
-                "{}: checksum does not match the .dsc ({e}); the source is corrupt or tampered with",
-                f.name
-            ),
-            other => anyhow::Error::new(other).context(format!("storing {}", f.name)),
-        })?;
+        items.push((Some(f.sha256), Box::new(file)));
+    }
+    let puts = archive.put_blobs(items, max).map_err(|e| match e.item {
+        Some(0) => anyhow::Error::new(e.error).context("storing the .dsc"),
+        Some(i) => {
+            let f = &parsed.files[i - 1];
+            match e.error {
+                ArchiveError::DigestMismatch { .. } => anyhow::anyhow!(
+                    "{}: checksum does not match the .dsc ({}); the source is corrupt or tampered with",
+                    f.name,
+                    e.error
+                ),
+                other => anyhow::Error::new(other).context(format!("storing {}", f.name)),
+            }
+        }
+        None => anyhow::Error::new(e.error).context(format!("storing {dsc_name} and its files")),
+    })?;
+    let mut files = Vec::with_capacity(puts.len());
+    files.push(FileRef {
+        name: dsc_name,
+        sha256: puts[0].digest,
+        size: puts[0].size,
+    });
+    for (f, put) in parsed.files.iter().zip(&puts[1..]) {
         if put.size != f.size {
             anyhow::bail!(
                 "{}: size {} differs from the .dsc's {}",

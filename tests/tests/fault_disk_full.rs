@@ -60,8 +60,16 @@ async fn a_full_scratch_disk_is_an_infrastructure_error_and_the_job_is_built_els
     assert!(st.success(), "mount -t tmpfs failed: run the suite as root");
     let mount = Mount(work.clone());
     let scratch_size = lockstep_agent::runtime::free_bytes(&work).expect("statvfs");
-    c.start_agent(0, &[("LOCKSTEP__MIN_FREE_BYTES", MIN_FREE)])
-        .expect("agent-1 restarts");
+    // The apt lists cache off: the tmpfs is the job's scratch space alone, and is checked to be
+    // empty again at the end.
+    c.start_agent(
+        0,
+        &[
+            ("LOCKSTEP__MIN_FREE_BYTES", MIN_FREE),
+            ("LOCKSTEP__APT_LISTS_MAX_AGE_SECS", "0"),
+        ],
+    )
+    .expect("agent-1 restarts");
 
     // A build that writes 256 MiB into its build dir (then deletes it, so where there is room
     // the package builds and reproduces).

@@ -324,10 +324,12 @@ async fn hostile_builds_are_contained_and_containers_are_hardened() {
         assert_eq!(&sha_of(k), sum, "{} changed", k.display());
     }
     for a in &c.agents {
+        // Only the agent's apt lists cache stays (the agent's, not a job's).
         let left: Vec<_> = std::fs::read_dir(a.state_dir.join("work"))
             .expect("work dir")
             .flatten()
             .map(|e| e.path())
+            .filter(|p| !p.ends_with("apt-lists"))
             .collect();
         assert!(left.is_empty(), "{}: work dirs left: {left:?}", a.name);
     }
@@ -341,7 +343,12 @@ async fn hostile_builds_are_contained_and_containers_are_hardened() {
             a.name
         );
         let audits = rt.container_audits();
-        assert_eq!(audits.len(), 6, "{}: 3 jobs × (deps + build)", a.name);
+        let refreshes = audits
+            .iter()
+            .filter(|au| au.role == ContainerRole::AptLists)
+            .count();
+        assert_eq!(refreshes, 1, "{}: one apt lists refresh", a.name);
+        assert_eq!(audits.len(), 7, "{}: 3 jobs × (deps + build) + 1", a.name);
         let work = a.state_dir.join("work");
         for audit in &audits {
             let hc = audit.inspect.host_config.as_ref().expect("HostConfig");
@@ -370,7 +377,26 @@ async fn hostile_builds_are_contained_and_containers_are_hardened() {
             assert!(hc.binds.as_ref().is_none_or(|b| b.is_empty()), "{what}");
             assert!(hc.devices.as_ref().is_none_or(|d| d.is_empty()), "{what}");
             let mounts = audit.inspect.mounts.clone().unwrap_or_default();
-            assert_eq!(mounts.len(), 1, "{what}: one mount");
+            let lists_mounts: Vec<_> = mounts
+                .iter()
+                .filter(|m| m.destination.as_deref() == Some("/var/lib/apt/lists"))
+                .collect();
+            // The deps step also gets the agent's apt lists cache (read-only, checked below).
+            let expected = if audit.role == ContainerRole::Deps {
+                2
+            } else {
+                1
+            };
+            assert_eq!(mounts.len(), expected, "{what}: {mounts:?}");
+            let lists_expected = usize::from(audit.role != ContainerRole::Build);
+            assert_eq!(lists_mounts.len(), lists_expected, "{what}: {mounts:?}");
+            for m in &lists_mounts {
+                let source = m.source.clone().unwrap_or_default();
+                assert!(
+                    Path::new(&source).starts_with(work.join("apt-lists")),
+                    "{what}: lists from {source}"
+                );
+            }
             for m in &mounts {
                 let source = m.source.clone().unwrap_or_default();
                 assert!(
@@ -387,8 +413,9 @@ async fn hostile_builds_are_contained_and_containers_are_hardened() {
                     assert_eq!(config.user.as_deref(), Some("1000:1000"), "{what}");
                     assert_eq!(config.network_disabled, Some(true), "{what}");
                 }
-                ContainerRole::Deps => {
-                    // Root with the few capabilities apt needs, source mounted read-only.
+                ContainerRole::Deps | ContainerRole::AptLists => {
+                    // Root with the few capabilities apt needs; the deps step's source and
+                    // lists mounted read-only, the refresh's new lists directory writable.
                     let caps = hc.cap_add.clone().unwrap_or_default();
                     for cap in &caps {
                         assert!(
@@ -404,7 +431,12 @@ async fn hostile_builds_are_contained_and_containers_are_hardened() {
                             "{what}: {cap}"
                         );
                     }
-                    assert!(mounts.iter().all(|m| m.rw == Some(false)), "{what}");
+                    let writable = usize::from(audit.role == ContainerRole::AptLists);
+                    assert_eq!(
+                        mounts.iter().filter(|m| m.rw != Some(false)).count(),
+                        writable,
+                        "{what}: {mounts:?}"
+                    );
                 }
             }
             audited += 1;

@@ -34,6 +34,8 @@ pub enum ContainerRole {
     Deps,
     /// Runs the build (build user, no network, read-only root, no capabilities).
     Build,
+    /// Refreshes the agent's apt lists cache (the deps isolation, the new lists dir mounted).
+    AptLists,
 }
 
 /// A container as Docker described it right after the runtime created it.

@@ -4,9 +4,11 @@
 //! host configuration:
 //!
 //! 1. **deps** — from the pinned build image, as root with only the capabilities apt and dpkg
-//!    need, on the `deps_network`: `apt-get update` and `apt-get build-dep` of the job's `.dsc`
-//!    from the image's apt sources (the host's). The container is then committed to a temporary
-//!    per-job image.
+//!    need, on the `deps_network`: `apt-get build-dep` of the job's `.dsc` from the image's apt
+//!    sources (the host's), with the package indices of the agent's apt lists cache mounted
+//!    read-only (refreshed by one `apt-get update` container when older than
+//!    `apt_lists_max_age`), or, with the cache off, after its own `apt-get update`. The container
+//!    is then committed to a temporary per-job image.
 //! 2. **build** — from that image, as the build user (uid 1000), with network `none`, a read-only
 //!    root, no capabilities, `no-new-privileges`, pids/memory limits and only the job's build
 //!    directory mounted: `dpkg-source -x` and `dpkg-buildpackage` the way Debian's build daemons
@@ -21,7 +23,9 @@
 //! - `lifecycle`: create/run/stop/kill/remove, output streaming, audit records.
 //! - `logs`: the capped build log.
 //! - `collect`: host-side validation and hashing of outputs.
+//! - `aptlists`: the agent's apt lists cache.
 
+mod aptlists;
 mod collect;
 mod config;
 mod lifecycle;
@@ -59,6 +63,8 @@ pub struct Runtime {
     tracker: Tracker,
     /// Serialises image builds: two jobs finding the image missing must not both run the recipe.
     image_lock: tokio::sync::Mutex<()>,
+    /// The apt lists cache, once the agent named its directory and unless it is off.
+    apt_lists: Option<aptlists::AptListsCache>,
 }
 
 /// One build job, as the agent's main loop hands it over.
@@ -192,6 +198,7 @@ impl Runtime {
             cfg,
             tracker: Tracker::default(),
             image_lock: tokio::sync::Mutex::new(()),
+            apt_lists: None,
         })
     }
 
@@ -404,11 +411,26 @@ impl Runtime {
 
         // Step 1: build dependencies.
         let started = Instant::now();
+        // Held until the deps container has exited (and, when it succeeded, been removed): its
+        // generation of the cache is not deleted before.
+        let apt_lists = self.apt_lists(&req.image, cancel).await?;
+        if let Some(g) = &apt_lists {
+            log.note(&format!(
+                "deps: package indices from the agent's apt lists cache ({} s old), read-only",
+                g.age().as_secs()
+            ));
+        }
         log.note(&format!(
             "deps: apt-get build-dep {} on network {:?}",
             req.dsc_name, cfg.deps_network
         ));
-        let body = spec::deps_container(cfg, req, &req.image.name, &dirs.output);
+        let body = spec::deps_container(
+            cfg,
+            req,
+            &req.image.name,
+            &dirs.output,
+            apt_lists.as_deref().map(aptlists::Generation::dir),
+        );
         let deps = resources.create(ContainerRole::Deps, body).await?;
         let exit = run_to_exit(
             &self.docker,
@@ -452,6 +474,7 @@ impl Runtime {
             resources.commit(&deps, &dirs.build).await?
         };
         resources.remove_container(&deps).await?;
+        drop(apt_lists);
         timings.push(("deps".to_owned(), started.elapsed()));
 
         // Step 2: the build.

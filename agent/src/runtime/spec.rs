@@ -55,10 +55,18 @@ pub(crate) const LABEL_ROLE: &str = "org.lockstep.role";
 /// agent restarted after a crash finds the images it left behind (`Runtime::remove_leftovers`).
 pub(crate) const LABEL_WORKDIR: &str = "org.lockstep.workdir";
 
+/// Where apt keeps its package indices, in the image.
+pub(crate) const APT_LISTS: &str = "/var/lib/apt/lists";
+/// Job id label of the containers that refresh the agent's apt lists cache.
+pub(crate) const APT_LISTS_JOB: &str = "apt-lists";
+
 /// The deps step: install build dependencies as root. `$1` is the `.dsc`, `$2` the apt-get
-/// option selecting arch-dependent or arch-independent build dependencies. When the image
-/// already satisfies them (apt, with the image's empty lists, would install nothing), the index
-/// download is skipped: it could not change what the build sees.
+/// option selecting arch-dependent or arch-independent build dependencies, `$3` where the package
+/// indices come from: `update` (run `apt-get update` here, delete the lists afterwards) or
+/// `cached` (the agent's cache is mounted read-only at `/var/lib/apt/lists`: no update, nothing
+/// to delete; the mount is not part of the commit). When the image already satisfies the build
+/// dependencies (apt, with the image's empty lists or the cached ones, would install nothing),
+/// the index download is skipped: it could not change what the build sees.
 const DEPS_SCRIPT: &str = r#"set -eu
 export DEBIAN_FRONTEND=noninteractive
 if apt-get build-dep --simulate --no-install-recommends "$2" "$1" 2>/dev/null \
@@ -66,10 +74,27 @@ if apt-get build-dep --simulate --no-install-recommends "$2" "$1" 2>/dev/null \
   echo "lockstep: the image satisfies every build dependency; nothing to install"
   exit 10
 fi
-apt-get update --error-on=any || exit 75
+if [ "$3" = update ]; then
+  apt-get update --error-on=any || exit 75
+fi
 apt-get build-dep --yes --no-install-recommends "$2" "$1"
 apt-get clean
-rm -rf /var/lib/apt/lists/*
+if [ "$3" = update ]; then
+  rm -rf /var/lib/apt/lists/*
+fi
+"#;
+
+/// The refresh of the agent's apt lists cache, as root, into an empty host directory mounted at
+/// `/var/lib/apt/lists`. `$1` is `uid:gid` of the agent: the indices are handed to it so it can
+/// delete them without root. Exits non-zero if `apt-get update` or the hand-over failed.
+const APT_LISTS_SCRIPT: &str = r#"set -u
+export DEBIAN_FRONTEND=noninteractive
+rc=0
+apt-get update --error-on=any || rc=$?
+if ! chown -R "$1" /var/lib/apt/lists && [ "$rc" -eq 0 ]; then
+  rc=1
+fi
+exit "$rc"
 "#;
 
 /// The build step, as the build user. `$1` is the `.dsc` (in the current directory), `$2` the
@@ -214,13 +239,14 @@ fn common_host_config(cfg: &RuntimeConfig) -> HostConfig {
     }
 }
 
-/// The deps container: root, network `deps_network`, minimal capabilities, the job's source
-/// directory mounted read-only.
-pub(crate) fn deps_container(
+/// Settings of every root container of the deps side (the deps step and the apt lists refresh):
+/// root with only [`DEPS_CAPS`], network `deps_network`, the apt-friendly environment.
+fn root_container(
     cfg: &RuntimeConfig,
-    req: &BuildRequest,
     image: &str,
-    source_dir: &Path,
+    cmd: Vec<String>,
+    labels: HashMap<String, String>,
+    mounts: Vec<Mount>,
 ) -> ContainerCreateBody {
     ContainerCreateBody {
         image: Some(image.to_owned()),
@@ -237,30 +263,78 @@ pub(crate) fn deps_container(
             format!("HOSTNAME={HOSTNAME}"),
         ]),
         entrypoint: Some(vec![]),
-        cmd: Some(vec![
-            "/bin/sh".to_owned(),
-            "-c".to_owned(),
-            DEPS_SCRIPT.to_owned(),
-            "lockstep-deps".to_owned(),
-            format!("{SOURCE_MOUNT}/{}", req.dsc_name),
-            apt_build_dep_flag(req.kind).to_owned(),
-        ]),
-        labels: Some(labels(&req.job_id, "deps")),
+        cmd: Some(cmd),
+        labels: Some(labels),
         host_config: Some(HostConfig {
             network_mode: Some(cfg.deps_network.clone()),
             readonly_rootfs: Some(false),
             cap_add: Some(DEPS_CAPS.iter().map(|c| (*c).to_owned()).collect()),
-            mounts: Some(vec![Mount {
-                target: Some(SOURCE_MOUNT.to_owned()),
-                source: Some(source_dir.to_string_lossy().into_owned()),
-                typ: Some(MountType::BIND),
-                read_only: Some(true),
-                ..Default::default()
-            }]),
+            mounts: Some(mounts),
             ..common_host_config(cfg)
         }),
         ..Default::default()
     }
+}
+
+fn bind(source: &Path, target: &str, read_only: bool) -> Mount {
+    Mount {
+        target: Some(target.to_owned()),
+        source: Some(source.to_string_lossy().into_owned()),
+        typ: Some(MountType::BIND),
+        read_only: Some(read_only),
+        ..Default::default()
+    }
+}
+
+/// The deps container: root, network `deps_network`, minimal capabilities, the job's source
+/// directory mounted read-only and, when `apt_lists` names a generation of the agent's apt lists
+/// cache, that mounted read-only at `/var/lib/apt/lists` (else the script runs `apt-get update`).
+pub(crate) fn deps_container(
+    cfg: &RuntimeConfig,
+    req: &BuildRequest,
+    image: &str,
+    source_dir: &Path,
+    apt_lists: Option<&Path>,
+) -> ContainerCreateBody {
+    let mut mounts = vec![bind(source_dir, SOURCE_MOUNT, true)];
+    if let Some(lists) = apt_lists {
+        mounts.push(bind(lists, APT_LISTS, true));
+    }
+    let cmd = vec![
+        "/bin/sh".to_owned(),
+        "-c".to_owned(),
+        DEPS_SCRIPT.to_owned(),
+        "lockstep-deps".to_owned(),
+        format!("{SOURCE_MOUNT}/{}", req.dsc_name),
+        apt_build_dep_flag(req.kind).to_owned(),
+        if apt_lists.is_some() {
+            "cached"
+        } else {
+            "update"
+        }
+        .to_owned(),
+    ];
+    root_container(cfg, image, cmd, labels(&req.job_id, "deps"), mounts)
+}
+
+/// The container refreshing the agent's apt lists cache: the deps container's isolation, with
+/// only the new (empty) generation directory `lists` mounted, read-write, at
+/// `/var/lib/apt/lists`. `owner` is `uid:gid` the indices are handed to afterwards.
+pub(crate) fn apt_lists_container(
+    cfg: &RuntimeConfig,
+    image: &str,
+    lists: &Path,
+    owner: &str,
+) -> ContainerCreateBody {
+    let cmd = vec![
+        "/bin/sh".to_owned(),
+        "-c".to_owned(),
+        APT_LISTS_SCRIPT.to_owned(),
+        "lockstep-apt-lists".to_owned(),
+        owner.to_owned(),
+    ];
+    let mounts = vec![bind(lists, APT_LISTS, false)];
+    root_container(cfg, image, cmd, labels(APT_LISTS_JOB, "apt-lists"), mounts)
 }
 
 /// The build container: the build user, no network, read-only root, no capabilities, a
@@ -386,5 +460,90 @@ mod tests {
         assert!(!build_env()
             .iter()
             .any(|e| e.starts_with("SOURCE_DATE_EPOCH")));
+    }
+
+    fn mounts(body: &ContainerCreateBody) -> Vec<Mount> {
+        body.host_config
+            .as_ref()
+            .and_then(|hc| hc.mounts.clone())
+            .expect("mounts")
+    }
+
+    fn script_args(body: &ContainerCreateBody) -> Vec<String> {
+        body.cmd.clone().expect("cmd").split_off(3)
+    }
+
+    #[test]
+    fn deps_container_updates_itself_without_the_cache() {
+        let cfg = RuntimeConfig::default();
+        let req = request("hello", "2.10-3", "hello_2.10-3.dsc");
+        let body = deps_container(&cfg, &req, "img", Path::new("/w/src"), None);
+        let m = mounts(&body);
+        assert_eq!(m.len(), 1, "{m:?}");
+        assert_eq!(m[0].target.as_deref(), Some(SOURCE_MOUNT));
+        assert_eq!(m[0].read_only, Some(true));
+        assert_eq!(
+            script_args(&body).last().map(String::as_str),
+            Some("update")
+        );
+        assert!(DEPS_SCRIPT.contains("apt-get update --error-on=any || exit 75"));
+    }
+
+    #[test]
+    fn deps_container_mounts_the_cached_lists_read_only() {
+        let cfg = RuntimeConfig::default();
+        let req = request("hello", "2.10-3", "hello_2.10-3.dsc");
+        let lists = Path::new("/w/apt-lists/3");
+        let body = deps_container(&cfg, &req, "img", Path::new("/w/src"), Some(lists));
+        let m = mounts(&body);
+        assert_eq!(m.len(), 2, "{m:?}");
+        assert!(m.iter().all(|m| m.read_only == Some(true)), "{m:?}");
+        let lists_mount = m
+            .iter()
+            .find(|m| m.target.as_deref() == Some(APT_LISTS))
+            .expect("lists mounted");
+        assert_eq!(lists_mount.source.as_deref(), Some("/w/apt-lists/3"));
+        assert_eq!(
+            script_args(&body).last().map(String::as_str),
+            Some("cached")
+        );
+        let hc = body.host_config.expect("host config");
+        assert_eq!(hc.network_mode.as_deref(), Some("bridge"));
+        assert_eq!(body.user.as_deref(), Some("0:0"));
+        // The build container is unaffected: still only /build.
+        let names = job_names(&req).expect("valid");
+        let build = build_container(&cfg, &req, &names, "img", Path::new("/w/build"));
+        let m = mounts(&build);
+        assert_eq!(m.len(), 1, "{m:?}");
+        assert_eq!(m[0].target.as_deref(), Some(BUILD_ROOT));
+    }
+
+    #[test]
+    fn apt_lists_refresh_has_the_deps_isolation_and_one_writable_mount() {
+        let cfg = RuntimeConfig::default();
+        let req = request("hello", "2.10-3", "hello_2.10-3.dsc");
+        let refresh = apt_lists_container(&cfg, "img", Path::new("/w/apt-lists/4"), "0:0");
+        let deps = deps_container(&cfg, &req, "img", Path::new("/w/src"), None);
+        let (rhc, dhc) = (
+            refresh.host_config.clone().expect("hc"),
+            deps.host_config.clone().expect("hc"),
+        );
+        assert_eq!(rhc.cap_add, dhc.cap_add);
+        assert_eq!(rhc.cap_drop, Some(vec!["ALL".to_owned()]));
+        assert_eq!(rhc.security_opt, dhc.security_opt);
+        assert_eq!(rhc.network_mode, dhc.network_mode);
+        assert_eq!(rhc.privileged, Some(false));
+        assert_eq!(refresh.user, deps.user);
+        let m = mounts(&refresh);
+        assert_eq!(m.len(), 1, "{m:?}");
+        assert_eq!(m[0].target.as_deref(), Some(APT_LISTS));
+        assert_eq!(m[0].source.as_deref(), Some("/w/apt-lists/4"));
+        assert_eq!(m[0].read_only, Some(false));
+        let labels = refresh.labels.expect("labels");
+        assert_eq!(
+            labels.get(LABEL_JOB).map(String::as_str),
+            Some(APT_LISTS_JOB)
+        );
+        assert!(APT_LISTS_SCRIPT.contains("apt-get update --error-on=any"));
     }
 }
