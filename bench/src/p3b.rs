@@ -75,11 +75,18 @@ async fn dispatch(url: &str, depth: usize) -> anyhow::Result<(f64, f64, f64)> {
         t.elapsed().as_secs_f64()
     );
     let left = Arc::new(AtomicUsize::new(depth));
-    let t = Instant::now();
-    let mut tasks = Vec::new();
-    for i in 0..CONSUMERS {
+    let finished = Arc::new(std::sync::Mutex::new(None::<Instant>));
+    // The agents' channels exist before the clock starts (an agent opens its channel once, not
+    // per job): each gets its prefetch of 1 and then subscribes, the first deliveries begin.
+    let mut channels = Vec::new();
+    for _ in 0..CONSUMERS {
         let ch = conn.create_channel().await?;
         ch.basic_qos(1, BasicQosOptions::default()).await?;
+        channels.push(ch);
+    }
+    let t = Instant::now();
+    let mut tasks = Vec::new();
+    for (i, ch) in channels.into_iter().enumerate() {
         let mut c = ch
             .basic_consume(
                 q.as_str().into(),
@@ -88,7 +95,7 @@ async fn dispatch(url: &str, depth: usize) -> anyhow::Result<(f64, f64, f64)> {
                 FieldTable::default(),
             )
             .await?;
-        let left = left.clone();
+        let (left, finished) = (left.clone(), finished.clone());
         tasks.push(tokio::spawn(async move {
             let mut gaps = Vec::new();
             let mut last = Instant::now();
@@ -100,7 +107,11 @@ async fn dispatch(url: &str, depth: usize) -> anyhow::Result<(f64, f64, f64)> {
                 gaps.push(last.elapsed().as_secs_f64() * 1e3);
                 d.ack(BasicAckOptions::default()).await?;
                 last = Instant::now();
-                left.fetch_sub(1, Ordering::SeqCst);
+                if left.fetch_sub(1, Ordering::SeqCst) == 1 {
+                    // The last job is delivered and acknowledged: the clock stops here, not
+                    // when the other consumers' idle polls (up to 500 ms) notice.
+                    *finished.lock().expect("not poisoned") = Some(last);
+                }
             }
             let _ = ch.close(200, "done".into()).await;
             anyhow::Ok(gaps)
@@ -110,7 +121,11 @@ async fn dispatch(url: &str, depth: usize) -> anyhow::Result<(f64, f64, f64)> {
     for t in tasks {
         gaps.extend(t.await??);
     }
-    let rate = depth as f64 / t.elapsed().as_secs_f64();
+    let end = finished
+        .lock()
+        .expect("not poisoned")
+        .context("the last delivery was never recorded")?;
+    let rate = depth as f64 / end.duration_since(t).as_secs_f64();
     let _ = conn.close(200, "done".into()).await;
     Ok((
         rate,
