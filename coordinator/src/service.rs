@@ -550,14 +550,7 @@ impl Service {
         let vote = Vote {
             fingerprint: verified.fingerprint.clone(),
             statement: Sha256Digest::of(bytes),
-            artifacts: st
-                .artifacts
-                .iter()
-                .map(|a| ArtifactDigest {
-                    name: a.name.clone(),
-                    sha256: a.sha256,
-                })
-                .collect(),
+            artifacts: artifact_digests(&st),
             recorded_at: Utc::now(),
         };
         // Stored together with the decision it causes, if any: when this returns, both are
@@ -655,14 +648,7 @@ impl Service {
                     votes.push(Vote {
                         fingerprint: r.signer.clone().unwrap_or_default(),
                         statement: r.body_sha256,
-                        artifacts: st
-                            .artifacts
-                            .iter()
-                            .map(|a| ArtifactDigest {
-                                name: a.name.clone(),
-                                sha256: a.sha256,
-                            })
-                            .collect(),
+                        artifacts: artifact_digests(&st),
                         recorded_at: r.created_at,
                     });
                 }
@@ -1152,4 +1138,15 @@ pub fn host_arch() -> anyhow::Result<String> {
         .context("running dpkg --print-architecture")?;
     anyhow::ensure!(out.status.success(), "dpkg --print-architecture failed");
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// The (name, digest) pairs a statement votes for, as the quorum compares them.
+fn artifact_digests(st: &Statement) -> Vec<ArtifactDigest> {
+    st.artifacts
+        .iter()
+        .map(|a| ArtifactDigest {
+            name: a.name.clone(),
+            sha256: a.sha256,
+        })
+        .collect()
 }
