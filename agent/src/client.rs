@@ -1,6 +1,8 @@
-//! HTTP client of the coordinator's API: source downloads, blob uploads, attestations.
+//! HTTP client of the coordinator's API: source downloads, blob uploads (in batches),
+//! attestations.
 
-use std::path::Path;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use lockstep_proto::digest::{Hasher, Sha256Digest};
@@ -14,6 +16,42 @@ pub enum ClientError {
     Transient(String),
     #[error("coordinator refused: {0}")]
     Refused(String),
+}
+
+/// Most bytes sent in one `POST /api/v1/blobs` request. The coordinator stages a whole batch in
+/// its archive's temp directory before it syncs and links any of it, and a failed request is sent
+/// again whole: 256 MiB keeps both bounded while an attestation's blobs usually go in one request.
+pub const MAX_BATCH_BYTES: u64 = 256 * 1024 * 1024;
+
+/// Most blobs in one `POST /api/v1/blobs` request: every file of a request is open until it is
+/// sent, so this bounds the agent's open files (the coordinator takes up to 10,000 parts).
+pub const MAX_BATCH_PARTS: usize = 256;
+
+/// Where the bytes of a blob to upload come from.
+#[derive(Clone, Debug)]
+pub enum BlobSource {
+    /// A file, streamed from disk.
+    File(PathBuf),
+    /// Bytes in memory.
+    Bytes(bytes::Bytes),
+}
+
+/// Cuts items of `sizes` bytes, in order, into groups of at most `max_bytes` and `max_parts`
+/// items; an item larger than `max_bytes` is a group of its own.
+fn batches(sizes: &[u64], max_bytes: u64, max_parts: usize) -> Vec<Range<usize>> {
+    let mut groups = Vec::new();
+    let (mut start, mut bytes) = (0, 0u64);
+    for (i, &size) in sizes.iter().enumerate() {
+        if i > start && (bytes.saturating_add(size) > max_bytes || i - start == max_parts) {
+            groups.push(start..i);
+            (start, bytes) = (i, 0);
+        }
+        bytes = bytes.saturating_add(size);
+    }
+    if start < sizes.len() {
+        groups.push(start..sizes.len());
+    }
+    groups
 }
 
 #[derive(Clone)]
@@ -42,6 +80,11 @@ async fn check(resp: reqwest::Response, what: &str) -> Result<reqwest::Response,
 
 fn transient(what: &str) -> impl Fn(reqwest::Error) -> ClientError + '_ {
     move |e| ClientError::Transient(format!("{what}: {e}"))
+}
+
+/// A local file to upload that cannot be read: not the coordinator's refusal, so retried.
+fn unreadable(path: &Path) -> impl Fn(std::io::Error) -> ClientError + '_ {
+    move |e| ClientError::Transient(format!("uploading {}: {e}", path.display()))
 }
 
 impl Client {
@@ -96,29 +139,61 @@ impl Client {
         Ok(())
     }
 
-    /// Uploads a file as a blob (idempotent: the archive deduplicates identical bytes).
-    pub async fn upload_file(&self, digest: &Sha256Digest, path: &Path) -> Result<(), ClientError> {
-        let what = format!("uploading {}", path.display());
-        let file = tokio::fs::File::open(path)
-            .await
-            .map_err(|e| ClientError::Transient(format!("{what}: {e}")))?;
-        let len = file
-            .metadata()
-            .await
-            .map_err(|e| ClientError::Transient(format!("{what}: {e}")))?
-            .len();
-        let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(file));
-        check(
-            self.http
-                .put(format!("{}/api/v1/blobs/{digest}", self.base))
-                .header(reqwest::header::CONTENT_LENGTH, len)
-                .body(body)
-                .send()
-                .await
-                .map_err(transient(&what))?,
-            &what,
-        )
-        .await?;
+    /// Uploads blobs with `POST /api/v1/blobs`, streaming files from disk: one request (one
+    /// archive batch: two syncs and one commit on the coordinator) per group of at most
+    /// [`MAX_BATCH_BYTES`] and [`MAX_BATCH_PARTS`]; a larger file goes alone. Idempotent: the
+    /// archive deduplicates identical bytes, so a retry re-sends what an earlier request stored.
+    pub async fn upload_batch(
+        &self,
+        items: &[(Sha256Digest, BlobSource)],
+    ) -> Result<(), ClientError> {
+        let mut sizes = Vec::with_capacity(items.len());
+        for (_, source) in items {
+            sizes.push(match source {
+                BlobSource::File(path) => tokio::fs::metadata(path)
+                    .await
+                    .map_err(unreadable(path))?
+                    .len(),
+                BlobSource::Bytes(bytes) => bytes.len() as u64,
+            });
+        }
+        for group in batches(&sizes, MAX_BATCH_BYTES, MAX_BATCH_PARTS) {
+            let bytes: u64 = sizes[group.clone()].iter().sum();
+            let what = format!(
+                "uploading {} blob(s), {bytes} bytes, in one batch",
+                group.len()
+            );
+            let mut form = reqwest::multipart::Form::new();
+            for (digest, source) in &items[group] {
+                let part = match source {
+                    BlobSource::File(path) => {
+                        let file = tokio::fs::File::open(path)
+                            .await
+                            .map_err(unreadable(path))?;
+                        // The length of the file as opened, which is what will be streamed.
+                        let len = file.metadata().await.map_err(unreadable(path))?.len();
+                        let body =
+                            reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(file));
+                        reqwest::multipart::Part::stream_with_length(body, len)
+                    }
+                    BlobSource::Bytes(bytes) => reqwest::multipart::Part::stream_with_length(
+                        bytes.clone(),
+                        bytes.len() as u64,
+                    ),
+                };
+                form = form.part(digest.to_hex(), part);
+            }
+            check(
+                self.http
+                    .post(format!("{}/api/v1/blobs", self.base))
+                    .multipart(form)
+                    .send()
+                    .await
+                    .map_err(transient(&what))?,
+                &what,
+            )
+            .await?;
+        }
         Ok(())
     }
 
@@ -192,5 +267,21 @@ impl Client {
         }
         check(resp, what).await?;
         Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_respect_the_byte_and_part_limits_and_keep_order() {
+        assert!(batches(&[], 10, 3).is_empty());
+        assert_eq!(batches(&[4, 4, 2, 1], 10, 3), vec![0..3, 3..4]);
+        assert_eq!(batches(&[4, 4, 3], 10, 8), vec![0..2, 2..3]);
+        // A blob larger than the byte limit goes alone, wherever it is.
+        assert_eq!(batches(&[1, 30, 1, 1], 10, 8), vec![0..1, 1..2, 2..4]);
+        assert_eq!(batches(&[30], 10, 8), vec![0..1]);
+        assert_eq!(batches(&[0; 5], 10, 2), vec![0..2, 2..4, 4..5]);
     }
 }

@@ -22,6 +22,11 @@ pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 pub const REQUEUE_DELAY: Duration = Duration::from_secs(5);
 /// Interval of heartbeats on the events exchange.
 pub const HEARTBEAT: Duration = Duration::from_secs(15);
+/// How often the consumer reads its scratch space's free bytes, to stop taking jobs while it is
+/// below `min_free_bytes` and take them again once there is room. A `statvfs` is cheap, and 2 s
+/// is well inside [`REQUEUE_DELAY`]: a disk that filled during a build stops the consumer before
+/// that job goes back to the queue.
+pub const SCRATCH_POLL: Duration = Duration::from_secs(2);
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]

@@ -1,6 +1,12 @@
 //! The AMQP side of the agent: consume this identity's queue with manual acks and a prefetch of
 //! the build concurrency, hand each job to the [`Worker`], ack or requeue, reconnect with backoff.
 //!
+//! Scratch space: while the work dir's filesystem has less than `min_free_bytes` free (the
+//! [`ScratchGate`], read every [`SCRATCH_POLL`] and at each delivery) the session holds no
+//! consumer. The broker then neither delivers this identity's jobs here nor counts deliveries
+//! against their limit; they wait in the queue or go to another process of the same identity.
+//! Running builds go on, and the consumer starts again once there is room.
+//!
 //! Shutdown: stop consuming, give running builds the grace period, then cancel them (the runtime
 //! stops and removes their containers), requeue what did not finish, close the channel.
 
@@ -8,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use futures_util::FutureExt;
 use futures_util::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{
@@ -15,14 +22,15 @@ use lapin::options::{
     QueueDeclareOptions,
 };
 use lapin::types::FieldTable;
-use lapin::{Connection, ConnectionProperties};
+use lapin::{Channel, Connection, ConnectionProperties, Consumer};
 use lockstep_proto::broker::{redact, Failover};
 use lockstep_proto::v1::{self, Job};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{MAX_BACKOFF, REQUEUE_DELAY};
+use crate::config::{MAX_BACKOFF, REQUEUE_DELAY, SCRATCH_POLL};
+use crate::scratch::ScratchGate;
 use crate::worker::{Disposition, Worker};
 
 /// How long one broker node may take to accept a connection before the next one is tried.
@@ -60,6 +68,8 @@ pub async fn run(worker: Arc<Worker>, shutdown: CancellationToken) -> anyhow::Re
     let queue = v1::builder_queue(&worker.key.fingerprint());
     let mut nodes = Failover::new(worker.cfg.amqp_urls.clone());
     let name = format!("lockstep-agent {}", worker.cfg.name);
+    // Outlives sessions: a pause is logged once, not again after every reconnection.
+    let mut scratch = ScratchGate::new(worker.cfg.work_root(), worker.cfg.runtime.min_free_bytes);
     let mut delay = Duration::from_millis(200);
     while !shutdown.is_cancelled() {
         let Some(conn) = connect_next(&mut nodes, &name, &shutdown).await else {
@@ -75,7 +85,7 @@ pub async fn run(worker: Arc<Worker>, shutdown: CancellationToken) -> anyhow::Re
             continue;
         };
         let began = std::time::Instant::now();
-        match session(&worker, &conn, &queue, &shutdown).await {
+        match session(&worker, &conn, &queue, &mut scratch, &shutdown).await {
             Ok(()) => delay = Duration::from_millis(200),
             Err(e) => {
                 // A session that worked for a while lost its node: fail over at once. Sessions
@@ -104,6 +114,7 @@ async fn session(
     worker: &Arc<Worker>,
     conn: &Connection,
     queue: &str,
+    scratch: &mut ScratchGate,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
     let ch = conn.create_channel().await.context("opening a channel")?;
@@ -135,16 +146,11 @@ async fn session(
         .await
         .context("setting the prefetch")?;
     let tag = format!("{}-{}", worker.cfg.name, std::process::id());
-    let mut consumer = ch
-        .basic_consume(
-            queue.into(),
-            tag.as_str().into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .context("starting to consume")?;
-    tracing::info!(%queue, concurrency = worker.cfg.concurrency, "consuming jobs");
+    // `None` while the scratch disk is full. The first tick comes at once: the consumer starts
+    // (or not) right away.
+    let mut consumer: Option<Consumer> = None;
+    let mut poll = tokio::time::interval(SCRATCH_POLL);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let permits = Arc::new(Semaphore::new(worker.cfg.concurrency as usize));
     let builds = CancellationToken::new();
     let mut tasks = JoinSet::new();
@@ -156,10 +162,37 @@ async fn session(
                     tracing::error!(error = %e, "job task panicked");
                 }
             }
-            next = consumer.next() => {
+            _ = poll.tick() => {
+                let room = has_room(worker, scratch);
+                if room && consumer.is_none() {
+                    match start_consuming(&ch, queue, &tag).await {
+                        Ok(c) => consumer = Some(c),
+                        Err(e) => break Err(e),
+                    }
+                    tracing::info!(%queue, concurrency = worker.cfg.concurrency, "consuming jobs");
+                } else if !room {
+                    if let Err(e) = stop_consuming(&ch, &tag, consumer.take()).await {
+                        break Err(e);
+                    }
+                    // Without a consumer nothing else notices a lost connection.
+                    if !conn.status().connected() || !ch.status().connected() {
+                        break Err(anyhow::anyhow!("the connection was lost while not taking jobs"));
+                    }
+                }
+            }
+            next = next_delivery(&mut consumer) => {
                 match next {
                     None => break Err(anyhow::anyhow!("consumer cancelled by the broker")),
                     Some(Err(e)) => break Err(anyhow::Error::new(e).context("consuming")),
+                    Some(Ok(delivery)) if !has_room(worker, scratch) => {
+                        // The disk filled since the last reading: give the job back unopened
+                        // (one delivery spent) and stop consuming before it comes back here.
+                        let stopped = stop_consuming(&ch, &tag, consumer.take()).await;
+                        give_back(delivery).await;
+                        if let Err(e) = stopped {
+                            break Err(e);
+                        }
+                    }
                     Some(Ok(delivery)) => {
                         let permit = permits.clone().acquire_owned().await.context("semaphore closed")?;
                         let w = worker.clone();
@@ -174,9 +207,11 @@ async fn session(
         }
     };
     // Stop receiving new deliveries.
-    let _ = ch
-        .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
-        .await;
+    if consumer.is_some() {
+        let _ = ch
+            .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
+            .await;
+    }
     if !tasks.is_empty() {
         let grace = worker.cfg.shutdown_grace;
         tracing::info!(running = tasks.len(), ?grace, "waiting for running builds");
@@ -190,6 +225,63 @@ async fn session(
     }
     let _ = ch.close(200, "agent closing".into()).await;
     result
+}
+
+/// Reads the scratch space's free bytes; the agent's events say whether it takes jobs.
+fn has_room(worker: &Worker, scratch: &mut ScratchGate) -> bool {
+    let room = scratch.has_room();
+    worker.events.set_paused(scratch.paused());
+    room
+}
+
+async fn start_consuming(ch: &Channel, queue: &str, tag: &str) -> anyhow::Result<Consumer> {
+    ch.basic_consume(
+        queue.into(),
+        tag.into(),
+        BasicConsumeOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .context("starting to consume")
+}
+
+/// Cancels the consumer (if there is one) so the broker delivers nothing more here, and gives
+/// back what it had delivered that this session had not taken yet.
+async fn stop_consuming(ch: &Channel, tag: &str, consumer: Option<Consumer>) -> anyhow::Result<()> {
+    let Some(mut consumer) = consumer else {
+        return Ok(());
+    };
+    ch.basic_cancel(tag.into(), BasicCancelOptions::default())
+        .await
+        .context("cancelling the consumer")?;
+    // The cancel-ok has been handled: the stream holds what came before it, then its end.
+    while let Some(Some(Ok(delivery))) = consumer.next().now_or_never() {
+        give_back(delivery).await;
+    }
+    Ok(())
+}
+
+/// The next delivery of the consumer; pending for good while there is no consumer.
+async fn next_delivery(consumer: &mut Option<Consumer>) -> Option<lapin::Result<Delivery>> {
+    match consumer {
+        Some(c) => c.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Requeues a delivery that was not worked on (the scratch disk is full).
+async fn give_back(delivery: Delivery) {
+    tracing::info!(
+        delivery_tag = delivery.delivery_tag,
+        "scratch disk full: giving back a job received before the consumer stopped"
+    );
+    let requeue = BasicNackOptions {
+        requeue: true,
+        ..Default::default()
+    };
+    if let Err(e) = delivery.acker.nack(requeue).await {
+        tracing::warn!(error = %e, "could not give the job back; the broker will redeliver it");
+    }
 }
 
 async fn handle_delivery(worker: &Worker, delivery: Delivery, cancel: CancellationToken) {

@@ -5,7 +5,8 @@
 //! Best effort by design: the worker hands events to a bounded channel with `try_send` and goes
 //! on; a publisher task on the agent's AMQP connection drains it. A full channel (broker gone,
 //! connection stalled) drops events, never a build. The coordinator learns the current state
-//! again from the next heartbeat, which carries the agent's current job and phase.
+//! again from the next heartbeat, which carries the agent's current job and phase, and why it
+//! takes no jobs when it does not (its scratch disk is full).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -31,6 +32,8 @@ pub struct EventSink {
     rx: Arc<tokio::sync::Mutex<mpsc::Receiver<AgentEvent>>>,
     /// Jobs in progress: job id → (source, phase). Heartbeats report the newest.
     running: Arc<Mutex<BTreeMap<String, (String, Phase)>>>,
+    /// Why the agent takes no jobs now (`None`: it takes them). Every event carries it.
+    paused: Arc<Mutex<Option<String>>>,
 }
 
 impl EventSink {
@@ -43,6 +46,7 @@ impl EventSink {
             tx,
             rx: Arc::new(tokio::sync::Mutex::new(rx)),
             running: Arc::default(),
+            paused: Arc::default(),
         }
     }
 
@@ -56,6 +60,26 @@ impl EventSink {
             at: Utc::now(),
             architectures: self.architectures.clone(),
             heartbeat_secs: Some(HEARTBEAT.as_secs()),
+            paused: self
+                .paused
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+        }
+    }
+
+    /// Records why the agent takes no jobs (`None`: it takes them again); a change is announced
+    /// at once, without waiting for the next heartbeat. Never waits.
+    pub fn set_paused(&self, reason: Option<&str>) {
+        {
+            let mut paused = self.paused.lock().unwrap_or_else(|p| p.into_inner());
+            if paused.as_deref() == reason {
+                return;
+            }
+            *paused = reason.map(str::to_owned);
+        }
+        if self.tx.try_send(self.heartbeat()).is_err() {
+            tracing::debug!(?reason, "event buffer full; pause event dropped");
         }
     }
 
@@ -212,5 +236,27 @@ mod tests {
         assert!(hb.architectures.contains(&"all".to_string()));
         sink.phase(&job(), Phase::Done);
         assert_eq!(sink.heartbeat().job_id, None);
+    }
+
+    #[tokio::test]
+    async fn a_pause_is_announced_once_and_carried_by_every_heartbeat_until_lifted() {
+        let sink = EventSink::new("a1", "ABCD");
+        let mut rx = sink.rx.lock().await;
+        assert_eq!(sink.heartbeat().paused, None);
+        sink.set_paused(Some("scratch disk full"));
+        sink.set_paused(Some("scratch disk full"));
+        let ev = rx.try_recv().expect("the pause is announced at once");
+        assert_eq!(ev.paused.as_deref(), Some("scratch disk full"));
+        assert!(rx.try_recv().is_err(), "announced once, not on every check");
+        assert_eq!(
+            sink.heartbeat().paused.as_deref(),
+            Some("scratch disk full")
+        );
+        sink.phase(&job(), Phase::Building);
+        let ev = rx.try_recv().expect("phase event");
+        assert_eq!(ev.paused.as_deref(), Some("scratch disk full"));
+        sink.set_paused(None);
+        assert_eq!(rx.try_recv().expect("resume announced").paused, None);
+        assert_eq!(sink.heartbeat().paused, None);
     }
 }

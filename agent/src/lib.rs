@@ -10,6 +10,7 @@
 //! - [`client`]: the coordinator's HTTP API.
 //! - [`worker`]: one job from fetch to signed upload, and its ack/requeue disposition.
 //! - [`consumer`]: the AMQP loop: prefetch, manual acks, reconnection, graceful shutdown.
+//! - [`scratch`]: whether the scratch disk has room to take jobs (the consumer pauses if not).
 //! - [`events`]: heartbeats and phase changes on `lockstep.events`, best effort.
 //! - [`agent`]: wiring: `Agent::build(config)` → `run(shutdown)`.
 
@@ -19,6 +20,7 @@ pub mod config;
 pub mod consumer;
 pub mod events;
 pub mod runtime;
+pub mod scratch;
 pub mod worker;
 
 pub use agent::Agent;

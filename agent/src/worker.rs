@@ -20,7 +20,7 @@ use lockstep_proto::Sha256Digest;
 use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
 
-use crate::client::{Client, ClientError};
+use crate::client::{BlobSource, Client, ClientError};
 use crate::config::{Config, MAX_BACKOFF, UPLOAD_ATTEMPTS};
 use crate::runtime::{BuildOutcome, BuildRequest, BuildStatus, Runtime, RuntimeError};
 
@@ -294,16 +294,28 @@ impl Worker {
         statement: &str,
         signature: &str,
     ) -> Result<serde_json::Value, ClientError> {
-        for a in &out.artifacts {
-            self.client.upload_file(&a.sha256, &a.path).await?;
-        }
-        let signed_buildinfo = self.client.upload_bytes(signed_bi.to_vec()).await?;
-        let build_log = Some(self.client.upload_bytes(out.log.clone()).await?);
+        // Every blob the attestation names, in one batch (one request, one archive commit).
+        let signed_buildinfo = Sha256Digest::of(signed_bi);
+        let build_log = Sha256Digest::of(&out.log);
+        let mut blobs: Vec<(Sha256Digest, BlobSource)> = out
+            .artifacts
+            .iter()
+            .map(|a| (a.sha256, BlobSource::File(a.path.clone())))
+            .collect();
+        blobs.push((
+            signed_buildinfo,
+            BlobSource::Bytes(bytes::Bytes::copy_from_slice(signed_bi)),
+        ));
+        blobs.push((
+            build_log,
+            BlobSource::Bytes(bytes::Bytes::from(out.log.clone())),
+        ));
+        self.client.upload_batch(&blobs).await?;
         let up = AttestationUpload {
             statement: statement.to_string(),
             signature: signature.to_string(),
             signed_buildinfo,
-            build_log,
+            build_log: Some(build_log),
         };
         self.client.attest(&up).await
     }

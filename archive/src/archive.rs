@@ -381,6 +381,16 @@ impl Archive {
         records::by_kind(&*self.reader()?, kind)
     }
 
+    /// Records of one kind, in append order, handed to `each` one at a time (an error from
+    /// `each` ends the walk and is returned).
+    pub fn each_record_of_kind(
+        &self,
+        kind: &str,
+        each: impl FnMut(Record) -> Result<(), ArchiveError>,
+    ) -> Result<(), ArchiveError> {
+        records::each_by_kind(&*self.reader()?, kind, each)
+    }
+
     /// Records that link the blob with this digest, in append order.
     pub fn records_with_blob(&self, d: &Sha256Digest) -> Result<Vec<Record>, ArchiveError> {
         records::with_blob(&*self.reader()?, d)

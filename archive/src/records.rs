@@ -352,6 +352,21 @@ pub(crate) fn by_kind(conn: &Connection, kind: &str) -> Result<Vec<Record>, Arch
     query(conn, "WHERE kind = ?1 ORDER BY id", [kind])
 }
 
+/// Like [`by_kind`], one record at a time: memory stays at one record however many there are.
+pub(crate) fn each_by_kind(
+    conn: &Connection,
+    kind: &str,
+    mut each: impl FnMut(Record) -> Result<(), ArchiveError>,
+) -> Result<(), ArchiveError> {
+    let sql = format!("SELECT {RECORD_COLUMNS} FROM records WHERE kind = ?1 ORDER BY id");
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let mut rows = stmt.query([kind])?;
+    while let Some(row) = rows.next()? {
+        each(finish(conn, raw(row)?)?)?;
+    }
+    Ok(())
+}
+
 pub(crate) fn with_blob(conn: &Connection, d: &Sha256Digest) -> Result<Vec<Record>, ArchiveError> {
     query(
         conn,

@@ -48,6 +48,10 @@ pub async fn run(api: &Api, json: bool) -> anyhow::Result<usize> {
             ),
             None => "idle".into(),
         };
+        let work = match &a.paused {
+            Some(why) => format!("{work}; not taking jobs: {why}"),
+            None => work,
+        };
         println!(
             "{:<16} {:<6} {:<12} {:<15} {}",
             a.name,

@@ -104,6 +104,7 @@ pub fn router(svc: Arc<Service>) -> Router {
         .route("/log/checkpoint", get(checkpoint))
         .route("/log/{*path}", get(tile))
         .merge(crate::audit::routes())
+        .merge(crate::blob_batch::routes())
         .merge(crate::uploads::routes())
         .merge(crate::witness::routes())
         .merge(crate::lookup::routes())
@@ -322,9 +323,51 @@ async fn status(
     State(svc): State<Arc<Service>>,
     Query(q): Query<StatusQuery>,
 ) -> ApiResult<Response> {
-    let rows = blocking(move || svc.status(q.source.as_deref())).await?;
-    Ok(Json(rows).into_response())
+    // The keys first, so that a failure before the first byte is a proper error response; then
+    // the rows are computed and sent in chunks, so memory stays flat however many keys there are.
+    let s2 = svc.clone();
+    let keys = blocking(move || s2.status_keys(q.source.as_deref())).await?;
+    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<bytes::Bytes>>(4);
+    tokio::task::spawn_blocking(move || {
+        let mut buf = Vec::with_capacity(STATUS_CHUNK + 4096);
+        buf.push(b'[');
+        let mut first = true;
+        let walked = svc.status_of_keys(keys, |entry| {
+            if !first {
+                buf.push(b',');
+            }
+            first = false;
+            serde_json::to_writer(&mut buf, &entry)
+                .map_err(|e| ServiceError::Internal(anyhow::anyhow!("serialising status: {e}")))?;
+            if buf.len() >= STATUS_CHUNK {
+                let chunk = bytes::Bytes::from(std::mem::take(&mut buf));
+                tx.blocking_send(Ok(chunk)).map_err(|_| {
+                    ServiceError::Internal(anyhow::anyhow!("status client went away"))
+                })?;
+            }
+            Ok(())
+        });
+        match walked {
+            Ok(()) => {
+                buf.push(b']');
+                let _ = tx.blocking_send(Ok(bytes::Bytes::from(buf)));
+            }
+            Err(e) => {
+                // Headers are sent: cut the body short so the client sees an incomplete reply
+                // instead of a truncated array that still parses.
+                tracing::warn!(error = %e, "status response cut short");
+                let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
+            }
+        }
+    });
+    let body = Body::from_stream(futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|chunk| (chunk, rx))
+    }));
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
+
+/// Bytes of status JSON gathered before they are sent on.
+const STATUS_CHUNK: usize = 64 * 1024;
 
 async fn decisions(
     State(svc): State<Arc<Service>>,

@@ -133,15 +133,25 @@ impl AptRepo {
     ) -> anyhow::Result<()> {
         // Latest decision per (source, version, arch), in log order.
         let mut latest: BTreeMap<(String, String, String), Decision> = BTreeMap::new();
-        for r in archive.records_by_kind(crate::service::kind::DECISION)? {
-            let d: Decision =
-                serde_json::from_slice(&r.body).context("decoding a stored decision")?;
+        let mut undecodable = None;
+        archive.each_record_of_kind(crate::service::kind::DECISION, |r| {
+            let d: Decision = match serde_json::from_slice(&r.body) {
+                Ok(d) => d,
+                Err(e) => {
+                    undecodable.get_or_insert((r.id, e));
+                    return Ok(());
+                }
+            };
             let key = (d.source.clone(), d.version.clone(), d.arch.clone());
             if d.state == State::Ship && awaiting_witness(r.leaf_index) {
                 latest.remove(&key);
-                continue;
+            } else {
+                latest.insert(key, d);
             }
-            latest.insert(key, d);
+            Ok(())
+        })?;
+        if let Some((id, e)) = undecodable {
+            anyhow::bail!("decoding stored decision record {id}: {e}");
         }
         let mut archs: BTreeSet<String> = BTreeSet::new();
         archs.insert(host_arch.to_string());

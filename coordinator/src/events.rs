@@ -9,6 +9,8 @@
 //!   again from the next heartbeat.
 //! - An agent is **stale** after [`MISSED_HEARTBEATS`] heartbeat intervals without any event; the
 //!   table keeps what it held (job, source, phase) so operators can see what to requeue.
+//! - Every event says whether the agent takes new jobs (`paused`: it does not, e.g. because its
+//!   scratch disk is full); the table keeps the last event's word.
 //!
 //! Served as `GET /api/v1/agents` and `GET /api/v1/progress?source=..` ([`router`]).
 
@@ -88,6 +90,7 @@ impl AgentTable {
                     last_heartbeat: now,
                     heartbeat_secs: DEFAULT_HEARTBEAT.as_secs(),
                     stale: false,
+                    paused: None,
                     current: None,
                     recent: Vec::new(),
                 },
@@ -102,6 +105,7 @@ impl AgentTable {
         if !ev.architectures.is_empty() {
             v.architectures = ev.architectures.clone();
         }
+        v.paused = ev.paused.clone();
         let (Some(job_id), Some(phase)) = (&ev.job_id, ev.phase) else {
             return;
         };
@@ -349,6 +353,7 @@ mod tests {
             at: Utc::now(),
             architectures: vec!["amd64".into()],
             heartbeat_secs: Some(2),
+            paused: None,
         }
     }
 
@@ -375,5 +380,28 @@ mod tests {
         assert!(v.current.is_none());
         assert_eq!(v.recent.last().map(|j| j.phase), Some(Phase::Done));
         assert_eq!(t.durations.snapshot().count, 1);
+    }
+
+    #[test]
+    fn an_agent_is_paused_until_an_event_says_otherwise() {
+        let t = AgentTable::default();
+        t.observe(&ev(None, None));
+        assert_eq!(t.snapshot()[0].paused, None);
+        let full = AgentEvent {
+            paused: Some("scratch disk full".into()),
+            ..ev(None, None)
+        };
+        t.observe(&full);
+        assert_eq!(t.snapshot()[0].paused.as_deref(), Some("scratch disk full"));
+        // A job's phase change from the paused agent (one started before the disk filled).
+        t.observe(&AgentEvent {
+            paused: Some("scratch disk full".into()),
+            ..ev(Some("j1"), Some(Phase::Building))
+        });
+        let v = &t.snapshot()[0];
+        assert_eq!(v.paused.as_deref(), Some("scratch disk full"));
+        assert_eq!(v.current.as_ref().map(|c| c.phase), Some(Phase::Building));
+        t.observe(&ev(None, None));
+        assert_eq!(t.snapshot()[0].paused, None);
     }
 }

@@ -13,6 +13,7 @@
 //! - [`service`]: the logic — enqueue, attestation checks, quorum, decisions, status.
 //! - [`suite`]: whole-suite enqueues and the reproducibility summary.
 //! - [`api`]: the HTTP API.
+//! - [`blob_batch`]: `POST /api/v1/blobs`, several blobs in one request, stored as one batch.
 //! - [`server`]: wiring: `build(config)` → `Server::run(shutdown)`.
 //! - [`debfile`]: bounded reading of `.deb` members, files and control fields.
 //! - [`diff`]: mismatch evidence between builders (per-file `.deb` diff, archived diffoscope).
@@ -30,6 +31,7 @@ pub mod api;
 pub mod apt;
 pub mod aptrepo;
 pub mod audit;
+pub mod blob_batch;
 pub mod config;
 pub mod debfile;
 pub mod diff;

@@ -298,24 +298,28 @@ struct Stored {
 }
 
 fn stored(svc: &Service) -> Result<Stored, ServiceError> {
-    let status = svc.status(None)?;
     let mut packages: BTreeMap<&'static str, u64> =
         [QState::Pending, QState::Ship, QState::Hold, QState::Failed]
             .iter()
             .map(|s| (s.as_str(), 0))
             .collect();
-    for r in &status {
+    // Counted row by row: a scrape never holds every package's status at once.
+    let mut jobs = 0;
+    svc.status_each(None, |r| {
         *packages.entry(r.state.as_str()).or_default() += 1;
-    }
+        jobs += r.job_ids.len() as u64;
+        Ok(())
+    })?;
     let mut decisions = packages.keys().map(|k| (*k, 0)).collect::<BTreeMap<_, _>>();
-    for r in svc.archive.records_by_kind(kind::DECISION)? {
+    svc.archive.each_record_of_kind(kind::DECISION, |r| {
         if let Ok(d) = serde_json::from_slice::<Decision>(&r.body) {
             *decisions.entry(d.state.as_str()).or_default() += 1;
         }
-    }
+        Ok(())
+    })?;
     Ok(Stored {
         unconfirmed: svc.jobs.count_unconfirmed()?,
-        jobs: status.iter().map(|r| r.job_ids.len() as u64).sum(),
+        jobs,
         packages,
         decisions,
         archive: svc.archive.stats()?,

@@ -818,9 +818,37 @@ impl Service {
 
     /// Status rows (BRIEF.md contract), optionally for one source.
     pub fn status(&self, source: Option<&str>) -> Result<Vec<StatusEntry>> {
-        let policy = self.policy();
         let mut out = Vec::new();
-        for (s, v, a) in self.jobs.keys(source)? {
+        self.status_each(source, |e| {
+            out.push(e);
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// The (source, version, arch) keys the status covers, in status order.
+    pub fn status_keys(&self, source: Option<&str>) -> Result<Vec<(String, String, String)>> {
+        Ok(self.jobs.keys(source)?)
+    }
+
+    /// Status rows one at a time, in the order of [`Service::status`], without holding them all:
+    /// `each` sees every row and may stop the walk with an error (a closed HTTP stream, say).
+    pub fn status_each(
+        &self,
+        source: Option<&str>,
+        each: impl FnMut(StatusEntry) -> Result<()>,
+    ) -> Result<()> {
+        self.status_of_keys(self.status_keys(source)?, each)
+    }
+
+    /// Status rows of `keys` (from [`Service::status_keys`]), one at a time.
+    pub fn status_of_keys(
+        &self,
+        keys: Vec<(String, String, String)>,
+        mut each: impl FnMut(StatusEntry) -> Result<()>,
+    ) -> Result<()> {
+        let policy = self.policy();
+        for (s, v, a) in keys {
             let (records, votes, failures) = self.evidence(&s, &v, &a)?;
             let (outcome, developer_mismatch, official) =
                 judge(&policy, &s, &records, &votes, &failures);
@@ -853,7 +881,7 @@ impl Service {
                 .rev()
                 .find(|r| r.kind == kind::DECISION)
                 .map(|r| r.created_at);
-            out.push(StatusEntry {
+            each(StatusEntry {
                 job_ids: self
                     .jobs
                     .for_key(&s, &v, &a)?
@@ -872,9 +900,9 @@ impl Service {
                 decided_at,
                 developer_mismatch,
                 official,
-            });
+            })?;
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Whether `fingerprint` already has an attestation stored for `job_id`.

@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -178,17 +178,45 @@ fn html(status: StatusCode, body: String) -> Response {
 
 // ---------------------------------------------------------------------------------- overview
 
+/// Package rows one overview page lists; the cards count every package.
+const PAGE_ROWS: usize = 500;
+
 struct Overview {
+    /// The rows of this page: packages `from + 1 ..= from + rows.len()` of `total`.
     rows: Vec<StatusEntry>,
+    from: usize,
+    total: usize,
+    /// Packages per state, all pages.
+    states: BTreeMap<&'static str, usize>,
     unconfirmed: u64,
     log_size: u64,
 }
 
-async fn overview(State(svc): State<Arc<Service>>) -> Response {
+#[derive(serde::Deserialize)]
+struct OverviewQuery {
+    /// Packages skipped before this page's first row.
+    from: Option<usize>,
+}
+
+async fn overview(State(svc): State<Arc<Service>>, Query(q): Query<OverviewQuery>) -> Response {
     let s = svc.clone();
+    let from = q.from.unwrap_or(0);
     let data = tokio::task::spawn_blocking(move || -> Result<Overview, ServiceError> {
+        // Row by row: at distribution scale the page holds one page of rows, not every package.
+        let (mut rows, mut total, mut states) = (Vec::new(), 0, BTreeMap::new());
+        s.status_each(None, |r| {
+            *states.entry(r.state.as_str()).or_insert(0) += 1;
+            if (from..from + PAGE_ROWS).contains(&total) {
+                rows.push(r);
+            }
+            total += 1;
+            Ok(())
+        })?;
         Ok(Overview {
-            rows: s.status(None)?,
+            rows,
+            from,
+            total,
+            states,
             unconfirmed: s.jobs.count_unconfirmed()?,
             log_size: s.archive.log_size()?,
         })
@@ -217,7 +245,7 @@ fn overview_body(svc: &Service, d: &Overview, depth: &BrokerDepth, agents: &[Age
     let policy = svc.policy();
     let n_trusted = policy.builders.len();
     let mut b = String::new();
-    let count = |st: QState| d.rows.iter().filter(|r| r.state == st).count();
+    let count = |st: QState| d.states.get(st.as_str()).copied().unwrap_or(0);
     let queued: u64 = depth.queues.iter().map(|(_, n)| u64::from(*n)).sum();
     let _ = write!(
         b,
@@ -230,7 +258,7 @@ fn overview_body(svc: &Service, d: &Overview, depth: &BrokerDepth, agents: &[Age
          <div class=\"card\"><b>{}</b>jobs not yet dispatched</div>\
          <div class=\"card\"><b>{}</b>jobs queued at the broker</div>\
          <div class=\"card\"><b>{}</b>log leaves</div></div>",
-        d.rows.len(),
+        d.total,
         count(QState::Ship),
         count(QState::Hold),
         count(QState::Pending),
@@ -248,9 +276,41 @@ fn overview_body(svc: &Service, d: &Overview, depth: &BrokerDepth, agents: &[Age
     }
 
     b.push_str("<h2>Packages</h2>");
-    if d.rows.is_empty() {
+    if !d.rows.is_empty() && (d.total > PAGE_ROWS || d.from > 0) {
+        let _ = write!(
+            b,
+            "<p class=\"muted\">Packages {}–{} of {}",
+            (d.from + 1).min(d.total),
+            d.from + d.rows.len(),
+            d.total
+        );
+        if d.from > 0 {
+            let _ = write!(
+                b,
+                " · <a href=\"/?from={}\">previous {PAGE_ROWS}</a>",
+                d.from.saturating_sub(PAGE_ROWS)
+            );
+        }
+        if d.from + d.rows.len() < d.total {
+            let _ = write!(
+                b,
+                " · <a href=\"/?from={}\">next {PAGE_ROWS}</a>",
+                d.from + PAGE_ROWS
+            );
+        }
+        b.push_str(" · all of them as JSON: <a href=\"/api/v1/status\">/api/v1/status</a></p>");
+    }
+    if d.total == 0 {
         b.push_str(
             "<p class=\"muted\">No packages yet. Enqueue one with <code>lockstep enqueue hello</code>.</p>",
+        );
+    } else if d.rows.is_empty() {
+        let _ = write!(
+            b,
+            "<p class=\"muted\">No packages from number {} on: there are {}. \
+             <a href=\"/\">First page</a></p>",
+            d.from + 1,
+            d.total
         );
     } else {
         b.push_str(
@@ -327,6 +387,10 @@ fn overview_body(svc: &Service, d: &Overview, depth: &BrokerDepth, agents: &[Age
                     esc(&j.job_id)
                 ),
                 None => "<span class=\"muted\">idle</span>".into(),
+            };
+            let work = match &a.paused {
+                Some(why) => format!("{work} · <b>not taking jobs</b>: {}", esc(why)),
+                None => work,
             };
             let _ = write!(
                 b,

@@ -420,6 +420,10 @@ pub struct AgentEvent {
     /// three missed heartbeats. Absent from older agents (the default interval is assumed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub heartbeat_secs: Option<u64>,
+    /// Why the agent takes no new jobs right now (`scratch disk full`); absent while it takes
+    /// them, and from older agents.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused: Option<String>,
 }
 
 /// The last known phase of one job on one agent.
@@ -446,6 +450,9 @@ pub struct AgentView {
     pub heartbeat_secs: u64,
     /// True after three (the coordinator's `MISSED_HEARTBEATS`) intervals without an event.
     pub stale: bool,
+    /// Why the agent takes no new jobs, as its last event said (`None`: it takes them).
+    #[serde(default)]
+    pub paused: Option<String>,
     /// The job the agent is working on, or held when it went silent.
     pub current: Option<JobPhase>,
     /// Recent jobs, newest last, with their last phase.

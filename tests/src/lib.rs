@@ -161,6 +161,10 @@ pub struct ClusterOptions {
     pub delivery_limit: Option<u32>,
     /// Free scratch space each agent needs to start a build (agent default when `None`).
     pub min_free_bytes: Option<u64>,
+    /// Build image tag and the script that makes it when missing (the suite's image and
+    /// `containers/build-image` when `None`).
+    pub image: Option<String>,
+    pub image_recipe: Option<PathBuf>,
 }
 
 impl Default for ClusterOptions {
@@ -173,6 +177,8 @@ impl Default for ClusterOptions {
             pids_limit: None,
             delivery_limit: None,
             min_free_bytes: None,
+            image: None,
+            image_recipe: None,
         }
     }
 }
@@ -212,7 +218,12 @@ impl Cluster {
                 name: Some(a.name.clone()),
                 state_dir: Some(a.state_dir.clone()),
                 amqp_urls: Some(vhost.urls()),
-                image_recipe: Some(repo_root().join("containers/build-image")),
+                image: opts.image.clone(),
+                image_recipe: Some(
+                    opts.image_recipe
+                        .clone()
+                        .unwrap_or_else(|| repo_root().join("containers/build-image")),
+                ),
                 max_build_secs: Some(opts.max_build.as_secs()),
                 memory_bytes: opts.memory_bytes,
                 pids_limit: opts.pids_limit,
@@ -430,27 +441,37 @@ pub fn rabbitmqctl_output(args: &[&str]) -> anyhow::Result<String> {
     rabbit_cluster::ctl(&rabbit_node(), args)
 }
 
-/// (ready, unacked) message counts of every queue of `vhost`, by queue name.
-pub fn queue_counts(vhost: &str) -> anyhow::Result<Vec<(String, u64, u64)>> {
-    let text = rabbitmqctl_output(&[
-        "list_queues",
-        "-p",
-        vhost,
-        "--quiet",
-        "--no-table-headers",
-        "name",
-        "messages_ready",
-        "messages_unacknowledged",
-    ])?;
+/// `rabbitmqctl list_queues` of `vhost`: each queue's `columns`, one row per queue (rows that do
+/// not have as many fields as columns are skipped).
+fn list_queues(vhost: &str, columns: &[&str]) -> anyhow::Result<Vec<Vec<String>>> {
+    let mut args = vec!["list_queues", "-p", vhost, "--quiet", "--no-table-headers"];
+    args.extend_from_slice(columns);
+    let text = rabbitmqctl_output(&args)?;
     Ok(text
         .lines()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            match f.as_slice() {
-                [n, r, u] => Some((n.to_string(), r.parse().ok()?, u.parse().ok()?)),
-                _ => None,
-            }
-        })
+        .map(|l| l.split_whitespace().map(str::to_string).collect::<Vec<_>>())
+        .filter(|f| f.len() == columns.len())
+        .collect())
+}
+
+/// (ready, unacked) message counts of every queue of `vhost`, by queue name.
+pub fn queue_counts(vhost: &str) -> anyhow::Result<Vec<(String, u64, u64)>> {
+    let rows = list_queues(
+        vhost,
+        &["name", "messages_ready", "messages_unacknowledged"],
+    )?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|f| Some((f[0].clone(), f[1].parse().ok()?, f[2].parse().ok()?)))
+        .collect())
+}
+
+/// Consumers of each queue of `vhost`, by queue name.
+pub fn queue_consumers(vhost: &str) -> anyhow::Result<Vec<(String, u64)>> {
+    let rows = list_queues(vhost, &["name", "consumers"])?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|f| Some((f[0].clone(), f[1].parse().ok()?)))
         .collect())
 }
 

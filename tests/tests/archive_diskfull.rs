@@ -69,6 +69,34 @@ async fn t10_a_full_archive_volume_refuses_uploads_cleanly_and_recovers_when_spa
         !stored.is_empty(),
         "some uploads fit before the volume filled"
     );
+    // The batch upload (`POST /api/v1/blobs`, what agents use) answers the same 507, and stores
+    // none of its blobs, not even the small one.
+    let small = b"a small blob in a batch that cannot be stored".to_vec();
+    let form = reqwest::multipart::Form::new()
+        .part(
+            Sha256Digest::of(&small).to_hex(),
+            reqwest::multipart::Part::bytes(small.clone()),
+        )
+        .part(d.to_hex(), reqwest::multipart::Part::bytes(bytes.clone()));
+    let r = f
+        .http
+        .post(format!("{}/api/v1/blobs", f.url))
+        .multipart(form)
+        .send()
+        .await
+        .expect("POST");
+    let status = r.status().as_u16();
+    let body = r.text().await.unwrap_or_default();
+    assert_eq!(status, 507, "a full volume answers 507 to a batch: {body}");
+    assert!(
+        body.contains("disk full") && body.contains("of the blob batch"),
+        "{body}"
+    );
+    assert!(f
+        .service
+        .archive
+        .blob_path(&Sha256Digest::of(&small))
+        .is_none());
     // Nothing torn: the refused blob has no final name, no temp file is left, and every
     // acknowledged blob verifies.
     assert!(f.service.archive.blob_path(&d).is_none());

@@ -128,8 +128,9 @@ async fn poison_jobs_are_dead_lettered_with_a_reason_and_other_jobs_continue() {
 }
 
 /// T07, the other half: a job that fails every attempt with an infrastructure error (here its
-/// only builder never has the free scratch space it requires) is requeued each time, so the
-/// agent alone would retry it forever. The builder queue's delivery limit ends that: after
+/// only builder's build image is missing and the recipe that would make it fails) is requeued
+/// each time, so the agent alone would retry it forever. (A full scratch disk no longer serves:
+/// the agent stops consuming instead, `fault_disk_full`.) The builder queue's delivery limit ends that: after
 /// `DELIVERY_LIMIT` deliveries the broker dead-letters it with reason `delivery_limit`, nothing
 /// is recorded for it, and the job stays visibly pending.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -141,7 +142,8 @@ async fn a_job_requeued_on_every_attempt_is_dead_lettered_by_the_delivery_limit(
             agents: 1,
             threshold: 1,
             delivery_limit: Some(DELIVERY_LIMIT),
-            min_free_bytes: Some(1 << 60),
+            image: Some("lockstep-t07b-missing:none".into()),
+            image_recipe: Some("/bin/false".into()),
             ..Default::default()
         },
     )

@@ -7,7 +7,7 @@
 //!   coordinator's resident memory and open files.
 //! - `soak` (T25): the same with faults throughout — an agent SIGKILLed and restarted every
 //!   `LOCKSTEP_SOAK_KILL_SECS`, the broker application restarted once, and a disk-full episode
-//!   (one agent's scratch space below its `min_free_bytes` for a while) — for `LOCKSTEP_SOAK_JOBS`
+//!   (one agent's scratch space below its `min_free_bytes` for 30 s) — for `LOCKSTEP_SOAK_JOBS`
 //!   jobs (default 12). I1–I4 are checked at the end: every job ships, one attestation per (job,
 //!   builder), `lockstep verify` passes; memory and file descriptors are reported and bounded.
 //!
@@ -244,15 +244,15 @@ async fn run(r: Run) {
                 broker_restarts += 1;
             }
             if disk_full_episodes == 0 && decided * 3 >= r.jobs * 2 {
-                // Agent-1 restarted requiring more free space than any disk has: every build it
-                // takes is an infrastructure error and goes back to the queue. Each such attempt
-                // costs a delivery (requeued after the agent's 5 s REQUEUE_DELAY), and the broker
-                // dead-letters a job at the delivery limit (5): the episode is kept to 12 s, at
-                // most 3 attempts, so that with a kill it still cannot exhaust the limit. (A
-                // 30 s episode left one job undecided in a CI run, most likely dead-lettered so.)
+                // Agent-1 restarted requiring more free space than any disk has: it sees its
+                // scratch disk full and takes no jobs (no consumer on its queue) until it is
+                // restarted normally; its jobs wait in the queue. 30 s: long enough that an agent
+                // taking jobs only to requeue them every REQUEUE_DELAY (5 s) would exhaust the
+                // delivery limit (5) of the jobs queued behind it, as one did in a CI run when
+                // the agent still did that (the episode was 12 s then).
                 agents.kill(0);
                 agents.start(0, &[("LOCKSTEP__MIN_FREE_BYTES", "1152921504606846976")]);
-                disk_full_until = Some(Instant::now() + Duration::from_secs(12));
+                disk_full_until = Some(Instant::now() + Duration::from_secs(30));
                 disk_full_episodes += 1;
             }
             if disk_full_until.is_some_and(|t| Instant::now() >= t) {
@@ -265,6 +265,12 @@ async fn run(r: Run) {
     };
     let wall = started.elapsed().as_secs_f64();
     let (rss_end, fds_end) = rss_and_fds(pid);
+    // The disk-full agent stopped taking jobs and said so (a WARN line; agents log at warn here).
+    let disk_full_pauses =
+        std::fs::read_to_string(dir.path().join(format!("{}.log", agents.infos[0].name)))
+            .unwrap_or_default()
+            .matches("not taking jobs until space is freed")
+            .count();
 
     let mut lat: Vec<f64> = rows
         .iter()
@@ -308,8 +314,9 @@ async fn run(r: Run) {
          all decided in {busy:.0} s → throughput {:.2} jobs/s ({:.1} jobs/min), latency enqueue → \
          decision p50 {:.1} s p99 {:.1} s max {:.1} s, coordinator RSS start {} MiB peak {} MiB end \
          {} MiB, open fds start {fds_start} peak {fds_peak} end {fds_end}, faults: agent kills \
-         {kills}, broker restarts {broker_restarts}, disk-full episodes {disk_full_episodes}; \
-         lost 0, not ship {}, duplicate attestations {duplicates}; wall {:.0} s",
+         {kills}, broker restarts {broker_restarts}, disk-full episodes {disk_full_episodes} \
+         (pauses logged {disk_full_pauses}); lost 0, not ship {}, duplicate attestations \
+         {duplicates}; wall {:.0} s",
         r.name,
         r.jobs,
         r.agents,
@@ -335,6 +342,10 @@ async fn run(r: Run) {
         String::from_utf8_lossy(&verify.stderr)
     );
     assert!(not_ship.is_empty(), "every job ships: {not_ship:#?}");
+    assert!(
+        disk_full_pauses >= disk_full_episodes.min(1),
+        "the disk-full agent never said it stopped taking jobs"
+    );
     assert_eq!(duplicates, 0);
     assert_eq!(
         attestations,

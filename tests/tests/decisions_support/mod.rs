@@ -89,9 +89,20 @@ impl Fixture {
         dir: tempfile::TempDir,
         policy_path: PathBuf,
     ) -> Fixture {
+        Self::start_configured(test, dir, policy_path, |_| {}).await
+    }
+
+    /// Like [`Self::start_with_policy`], with `configure` applied to the config before start.
+    pub async fn start_configured(
+        test: &str,
+        dir: tempfile::TempDir,
+        policy_path: PathBuf,
+        configure: impl FnOnce(&mut Config),
+    ) -> Fixture {
         let vhost = Vhost::create(test).expect("RabbitMQ vhost (scripts/rabbitmq start)");
         let mut cfg = Config::for_data_dir(&dir.path().join("data"), &vhost.url());
         cfg.policy = policy_path.clone();
+        configure(&mut cfg);
         let server = Server::build(cfg).await.expect("coordinator starts");
         let url = server.url();
         let service = server.service.clone();

@@ -185,6 +185,7 @@ impl FakeAgent {
             at: chrono::Utc::now(),
             architectures: vec!["amd64".into(), "all".into()],
             heartbeat_secs: Some(heartbeat_secs),
+            paused: None,
         };
         self.ch
             .basic_publish(
