@@ -211,13 +211,13 @@ pub async fn run(root: &Path, quick: bool) -> anyhow::Result<()> {
         let (p50, p99) = (percentile(&mut gaps, 50.0), percentile(&mut gaps, 99.0));
         let root2 = root.to_path_buf();
         let base = tokio::task::spawn_blocking(move || sqlite_baseline(&root2, depth)).await??;
-        progress!("P3b {depth}: {rate:.0} jobs/s, median of {} drains {rates:.0?} (gap p50 {p50:.2} ms p99 {p99:.2} ms), SQLite {base:.0}/s", rates.len());
+        progress!("P3b {depth}: {rate:.0} jobs/s, drains {rates:.0?} (gap p50 {p50:.2} ms p99 {p99:.2} ms), SQLite {base:.0}/s");
         Row::abs_goal(
             "P3b",
-            format!(
-                "dispatch, 4 consumers, {depth} queued (median of {} drains)",
-                rates.len()
-            ),
+            match rates.len() {
+                1 => format!("dispatch, 4 consumers, {depth} queued (one drain)"),
+                n => format!("dispatch, 4 consumers, {depth} queued (median of {n} drains)"),
+            },
             "jobs/s",
             rate,
             base,

@@ -10,7 +10,7 @@
 //! Families: `lockstep_jobs`, `lockstep_packages`, `lockstep_queue_messages`,
 //! `lockstep_broker_up`, `lockstep_decisions_total`, `lockstep_attestation_refusals_total`,
 //! `lockstep_build_duration_seconds` (histogram), `lockstep_archive_*`, `lockstep_log_leaves`,
-//! `lockstep_agents`.
+//! `lockstep_agents`, `lockstep_agents_paused`.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -470,6 +470,16 @@ pub async fn render(svc: Arc<Service>) -> Result<String, ServiceError> {
         (agents.len() - stale) as f64,
     );
     x.sample("lockstep_agents", &[("state", "stale")], stale as f64);
+    x.family(
+        "lockstep_agents_paused",
+        "gauge",
+        "Live agents that take no jobs (their scratch disk is below min_free_bytes).",
+    );
+    let paused = agents
+        .iter()
+        .filter(|a| !a.stale && a.paused.is_some())
+        .count();
+    x.sample("lockstep_agents_paused", &[], paused as f64);
     Ok(x.finish())
 }
 

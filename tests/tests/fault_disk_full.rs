@@ -371,6 +371,16 @@ async fn an_agent_whose_disk_stays_full_takes_no_jobs_and_none_is_dead_lettered(
         shown.contains("not taking jobs: scratch disk full"),
         "lockstep agents:\n{shown}"
     );
+    let metrics = reqwest::get(format!("{}/metrics", c.url))
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics body");
+    assert!(
+        metrics.lines().any(|l| l == "lockstep_agents_paused 1"),
+        "the paused agent is not counted:\n{metrics}"
+    );
 
     let stopping = Instant::now();
     c.stop().await;

@@ -33,6 +33,7 @@ async fn metrics_parse_have_every_family_and_count_refused_attestations() {
         "lockstep_archive_records",
         "lockstep_log_leaves",
         "lockstep_agents",
+        "lockstep_agents_paused",
     ] {
         assert!(
             m.docs.contains_key(family),
@@ -53,6 +54,7 @@ async fn metrics_parse_have_every_family_and_count_refused_attestations() {
         0.0
     );
     assert_eq!(value(&m, "lockstep_archive_dedup_ratio", &[]), 1.0);
+    assert_eq!(value(&m, "lockstep_agents_paused", &[]), 0.0);
     assert_eq!(value(&m, "lockstep_build_duration_seconds_count", &[]), 0.0);
     let hist = m
         .samples

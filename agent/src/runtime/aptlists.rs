@@ -60,17 +60,25 @@ impl Generation {
 
 impl Drop for Generation {
     fn drop(&mut self) {
-        match std::fs::remove_dir_all(&self.dir) {
-            Ok(()) => {
-                tracing::debug!(dir = %self.dir.display(), "deleted an old apt lists generation")
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => tracing::warn!(
-                dir = %self.dir.display(),
-                error = %e,
-                "could not delete an old apt lists generation; leaving it"
-            ),
+        let dir = std::mem::take(&mut self.dir);
+        // The last user is usually a job's async task: ~80 MB of lists are deleted on a blocking
+        // thread, not on the runtime's worker.
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => drop(rt.spawn_blocking(move || delete_generation(&dir))),
+            Err(_) => delete_generation(&dir),
         }
+    }
+}
+
+fn delete_generation(dir: &Path) {
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => tracing::debug!(dir = %dir.display(), "deleted an old apt lists generation"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => tracing::warn!(
+            dir = %dir.display(),
+            error = %e,
+            "could not delete an old apt lists generation; leaving it"
+        ),
     }
 }
 
