@@ -1,12 +1,11 @@
 //! HTTP client of the coordinator's API: source downloads, blob uploads (in batches),
 //! attestations.
 
-use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use lockstep_proto::digest::{Hasher, Sha256Digest};
-use lockstep_proto::v1::{AttestationUpload, FailureUpload};
+use lockstep_proto::v1::{self, AttestationUpload, FailureUpload};
 use tokio::io::AsyncWriteExt;
 
 /// Why a coordinator call failed: retry (network, 5xx) or give up (a refusal, 4xx).
@@ -18,15 +17,6 @@ pub enum ClientError {
     Refused(String),
 }
 
-/// Most bytes sent in one `POST /api/v1/blobs` request. The coordinator stages a whole batch in
-/// its archive's temp directory before it syncs and links any of it, and a failed request is sent
-/// again whole: 256 MiB keeps both bounded while an attestation's blobs usually go in one request.
-pub const MAX_BATCH_BYTES: u64 = 256 * 1024 * 1024;
-
-/// Most blobs in one `POST /api/v1/blobs` request: every file of a request is open until it is
-/// sent, so this bounds the agent's open files (the coordinator takes up to 10,000 parts).
-pub const MAX_BATCH_PARTS: usize = 256;
-
 /// Where the bytes of a blob to upload come from.
 #[derive(Clone, Debug)]
 pub enum BlobSource {
@@ -34,24 +24,6 @@ pub enum BlobSource {
     File(PathBuf),
     /// Bytes in memory.
     Bytes(bytes::Bytes),
-}
-
-/// Cuts items of `sizes` bytes, in order, into groups of at most `max_bytes` and `max_parts`
-/// items; an item larger than `max_bytes` is a group of its own.
-fn batches(sizes: &[u64], max_bytes: u64, max_parts: usize) -> Vec<Range<usize>> {
-    let mut groups = Vec::new();
-    let (mut start, mut bytes) = (0, 0u64);
-    for (i, &size) in sizes.iter().enumerate() {
-        if i > start && (bytes.saturating_add(size) > max_bytes || i - start == max_parts) {
-            groups.push(start..i);
-            (start, bytes) = (i, 0);
-        }
-        bytes = bytes.saturating_add(size);
-    }
-    if start < sizes.len() {
-        groups.push(start..sizes.len());
-    }
-    groups
 }
 
 #[derive(Clone)]
@@ -141,7 +113,7 @@ impl Client {
 
     /// Uploads blobs with `POST /api/v1/blobs`, streaming files from disk: one request (one
     /// archive batch: two syncs and one commit on the coordinator) per group of at most
-    /// [`MAX_BATCH_BYTES`] and [`MAX_BATCH_PARTS`]; a larger file goes alone. Idempotent: the
+    /// [`v1::BLOB_BATCH_MAX_BYTES`] and [`v1::BLOB_BATCH_MAX_PARTS`]; a larger file goes alone. Idempotent: the
     /// archive deduplicates identical bytes, so a retry re-sends what an earlier request stored.
     pub async fn upload_batch(
         &self,
@@ -157,7 +129,7 @@ impl Client {
                 BlobSource::Bytes(bytes) => bytes.len() as u64,
             });
         }
-        for group in batches(&sizes, MAX_BATCH_BYTES, MAX_BATCH_PARTS) {
+        for group in v1::blob_batches(&sizes) {
             let bytes: u64 = sizes[group.clone()].iter().sum();
             let what = format!(
                 "uploading {} blob(s), {bytes} bytes, in one batch",
@@ -267,21 +239,5 @@ impl Client {
         }
         check(resp, what).await?;
         Ok(true)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn batches_respect_the_byte_and_part_limits_and_keep_order() {
-        assert!(batches(&[], 10, 3).is_empty());
-        assert_eq!(batches(&[4, 4, 2, 1], 10, 3), vec![0..3, 3..4]);
-        assert_eq!(batches(&[4, 4, 3], 10, 8), vec![0..2, 2..3]);
-        // A blob larger than the byte limit goes alone, wherever it is.
-        assert_eq!(batches(&[1, 30, 1, 1], 10, 8), vec![0..1, 1..2, 2..4]);
-        assert_eq!(batches(&[30], 10, 8), vec![0..1]);
-        assert_eq!(batches(&[0; 5], 10, 2), vec![0..2, 2..4, 4..5]);
     }
 }

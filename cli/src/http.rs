@@ -1,11 +1,20 @@
 //! The coordinator's HTTP API as the command line uses it. Every error names the coordinator
 //! URL and the server's own message.
 
-use std::path::Path;
+use std::path::PathBuf;
+
+use lockstep_proto::v1;
+use lockstep_proto::Sha256Digest;
 
 use anyhow::{bail, Context};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+
+/// A blob to upload: a file, streamed from disk, or bytes in memory.
+pub enum Upload {
+    File(PathBuf),
+    Bytes(Vec<u8>),
+}
 
 pub struct Api {
     http: reqwest::Client,
@@ -114,31 +123,49 @@ impl Api {
             .context("decoding the answer")
     }
 
-    pub async fn put_bytes(&self, sha256: &str, bytes: Vec<u8>) -> anyhow::Result<()> {
-        let path = format!("/api/v1/blobs/{sha256}");
-        let resp = self
-            .send(
-                self.http.put(format!("{}{path}", self.base)).body(bytes),
-                &path,
-            )
-            .await?;
-        Self::ok(resp, &path).await?;
-        Ok(())
-    }
-
-    pub async fn put_file(&self, sha256: &str, file: &Path) -> anyhow::Result<()> {
-        let path = format!("/api/v1/blobs/{sha256}");
-        let f = tokio::fs::File::open(file)
-            .await
-            .with_context(|| format!("opening {}", file.display()))?;
-        let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(f));
-        let resp = self
-            .send(
-                self.http.put(format!("{}{path}", self.base)).body(body),
-                &path,
-            )
-            .await?;
-        Self::ok(resp, &path).await?;
+    /// Uploads files and bytes as blobs with `POST /api/v1/blobs`: one request (one archive
+    /// batch, all or nothing) per group of [`v1::blob_batches`]. Files are streamed from disk.
+    pub async fn put_blobs(&self, items: Vec<(Sha256Digest, Upload)>) -> anyhow::Result<()> {
+        let path = "/api/v1/blobs";
+        let mut sizes = Vec::with_capacity(items.len());
+        for (_, item) in &items {
+            sizes.push(match item {
+                Upload::File(p) => std::fs::metadata(p)
+                    .with_context(|| format!("reading {}", p.display()))?
+                    .len(),
+                Upload::Bytes(b) => b.len() as u64,
+            });
+        }
+        let mut items = items.into_iter();
+        for group in v1::blob_batches(&sizes) {
+            let mut form = reqwest::multipart::Form::new();
+            for (digest, item) in items.by_ref().take(group.len()) {
+                let part = match item {
+                    Upload::File(p) => {
+                        let f = tokio::fs::File::open(&p)
+                            .await
+                            .with_context(|| format!("opening {}", p.display()))?;
+                        let len = f.metadata().await?.len();
+                        let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(f));
+                        reqwest::multipart::Part::stream_with_length(body, len)
+                    }
+                    Upload::Bytes(b) => {
+                        let len = b.len() as u64;
+                        reqwest::multipart::Part::stream_with_length(b, len)
+                    }
+                };
+                form = form.part(digest.to_hex(), part);
+            }
+            let resp = self
+                .send(
+                    self.http
+                        .post(format!("{}{path}", self.base))
+                        .multipart(form),
+                    path,
+                )
+                .await?;
+            Self::ok(resp, path).await?;
+        }
         Ok(())
     }
 }

@@ -552,11 +552,15 @@ async fn enqueue_dsc(api: &Api, path: &Path, rebuild: bool) -> anyhow::Result<En
             );
         }
     }
-    for f in &parsed.files {
-        api.put_file(&f.sha256.to_hex(), &dir.join(&f.name)).await?;
-    }
+    // The source files and the .dsc itself, in one batch: stored all together or not at all.
     let dsc_digest = lockstep_proto::Sha256Digest::of(&bytes);
-    api.put_bytes(&dsc_digest.to_hex(), bytes).await?;
+    let mut blobs: Vec<(lockstep_proto::Sha256Digest, http::Upload)> = parsed
+        .files
+        .iter()
+        .map(|f| (f.sha256, http::Upload::File(dir.join(&f.name))))
+        .collect();
+    blobs.push((dsc_digest, http::Upload::Bytes(bytes)));
+    api.put_blobs(blobs).await?;
     api.post_json(
         "/api/v1/jobs/dsc",
         &serde_json::json!({ "dsc_sha256": dsc_digest, "rebuild": rebuild }),

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context};
 use lockstep_proto::digest::{hash_file, Sha256Digest};
 
-use crate::http::Api;
+use crate::http::{Api, Upload};
 
 /// (name, sha256, size) of every file in the `.changes`' Checksums-Sha256 field.
 fn listed_files(text: &str) -> anyhow::Result<Vec<(String, Sha256Digest, u64)>> {
@@ -72,15 +72,16 @@ pub async fn run(api: &Api, changes: &Path, json: bool) -> anyhow::Result<ExitCo
             );
         }
     }
-    for (name, sha, _) in &files {
-        api.put_file(&sha.to_hex(), &dir.join(name))
-            .await
-            .with_context(|| format!("uploading {name}"))?;
-    }
+    // The listed files and the .changes itself, in one batch: stored all together or not at all.
     let digest = Sha256Digest::of(&bytes);
-    api.put_bytes(&digest.to_hex(), bytes)
+    let mut blobs: Vec<(Sha256Digest, Upload)> = files
+        .iter()
+        .map(|(name, sha, _)| (*sha, Upload::File(dir.join(name))))
+        .collect();
+    blobs.push((digest, Upload::Bytes(bytes)));
+    api.put_blobs(blobs)
         .await
-        .context("uploading the .changes")?;
+        .context("uploading the .changes and its files")?;
     let v: serde_json::Value = api
         .post_json(
             "/api/v1/uploads",

@@ -1,5 +1,6 @@
 //! Developer uploads: a developer-clearsigned `.changes` (as `debsign` makes it) with the `.deb`s
-//! and `.buildinfo` it lists, sent as blobs first (`PUT /api/v1/blobs/{sha256}`), then announced
+//! and `.buildinfo` it lists, sent as blobs first (`POST /api/v1/blobs` as one batch, as
+//! `lockstep upload` does, or `PUT /api/v1/blobs/{sha256}` one by one), then announced
 //! with `POST /api/v1/uploads {"changes_sha256": …}`.
 //!
 //! The coordinator verifies the signature against the policy's developer keyring, checks every
@@ -149,7 +150,7 @@ impl Service {
         let path = self.archive.blob_path(&changes_sha256).ok_or_else(|| {
             ServiceError::NotFound(format!(
                 "no blob {changes_sha256}: upload the .changes (and every file it lists) with \
-                 PUT /api/v1/blobs/<sha256> first"
+                 POST /api/v1/blobs (or PUT /api/v1/blobs/<sha256>) first"
             ))
         })?;
         let size = self.archive.blob_size(&changes_sha256).unwrap_or(0);

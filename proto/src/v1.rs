@@ -23,6 +23,38 @@ pub const EVENTS_EXCHANGE: &str = "lockstep.events";
 /// Schema tag inside every statement.
 pub const STATEMENT_SCHEMA: &str = "lockstep.statement/v1";
 
+/// Most bytes a client sends in one `POST /api/v1/blobs` request. The coordinator stages a
+/// whole batch in its archive's temp directory before it syncs and links any of it, and a failed
+/// request is sent again whole: 256 MiB keeps both bounded while an attestation's or an upload's
+/// blobs usually go in one request.
+pub const BLOB_BATCH_MAX_BYTES: u64 = 256 * 1024 * 1024;
+
+/// Most blobs a client sends in one `POST /api/v1/blobs` request: every file of a request is open
+/// until it is sent, so this bounds a client's open files (the coordinator takes up to 10,000).
+pub const BLOB_BATCH_MAX_PARTS: usize = 256;
+
+/// Cuts blobs of `sizes` bytes, in order, into the requests of `POST /api/v1/blobs`: groups of at
+/// most [`BLOB_BATCH_MAX_BYTES`] and [`BLOB_BATCH_MAX_PARTS`]; a larger blob goes alone.
+pub fn blob_batches(sizes: &[u64]) -> Vec<std::ops::Range<usize>> {
+    batches(sizes, BLOB_BATCH_MAX_BYTES, BLOB_BATCH_MAX_PARTS)
+}
+
+fn batches(sizes: &[u64], max_bytes: u64, max_parts: usize) -> Vec<std::ops::Range<usize>> {
+    let mut groups = Vec::new();
+    let (mut start, mut bytes) = (0, 0u64);
+    for (i, &size) in sizes.iter().enumerate() {
+        if i > start && (bytes.saturating_add(size) > max_bytes || i - start == max_parts) {
+            groups.push(start..i);
+            (start, bytes) = (i, 0);
+        }
+        bytes = bytes.saturating_add(size);
+    }
+    if start < sizes.len() {
+        groups.push(start..sizes.len());
+    }
+    groups
+}
+
 /// The durable quorum queue of one builder identity. Agents that share an identity share it.
 pub fn builder_queue(identity: &str) -> String {
     format!("lockstep.build.{identity}")
@@ -457,4 +489,24 @@ pub struct AgentView {
     pub current: Option<JobPhase>,
     /// Recent jobs, newest last, with their last phase.
     pub recent: Vec<JobPhase>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blob_batches_respect_the_byte_and_part_limits_and_keep_order() {
+        assert!(batches(&[], 10, 3).is_empty());
+        assert_eq!(batches(&[4, 4, 2, 1], 10, 3), vec![0..3, 3..4]);
+        assert_eq!(batches(&[4, 4, 3], 10, 8), vec![0..2, 2..3]);
+        // A blob larger than the byte limit goes alone, wherever it is.
+        assert_eq!(batches(&[1, 30, 1, 1], 10, 8), vec![0..1, 1..2, 2..4]);
+        assert_eq!(batches(&[30], 10, 8), vec![0..1]);
+        assert_eq!(batches(&[0; 5], 10, 2), vec![0..2, 2..4, 4..5]);
+        assert_eq!(
+            blob_batches(&[BLOB_BATCH_MAX_BYTES, 1, 1]),
+            vec![0..1, 1..3]
+        );
+    }
 }
