@@ -4,8 +4,10 @@
 //! lists one page; the metrics count the same rows without collecting them.
 
 mod decisions_support;
+mod ops_support;
 
 use decisions_support::*;
+use ops_support::{scrape, value};
 use serde_json::Value;
 
 /// Enough keys (about 260 bytes of JSON each) for the streamed body to span 64 KiB chunks.
@@ -93,26 +95,11 @@ async fn status_of_many_keys_streams_as_one_array_equal_to_the_service_rows() {
     )));
 
     // The metrics count the same rows.
-    let metrics = f
-        .http
-        .get(format!("{}/metrics", f.url))
-        .send()
-        .await
-        .expect("GET metrics")
-        .text()
-        .await
-        .expect("metrics body");
-    let sample = |line: &str| -> f64 {
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(line))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no sample {line} in:\n{metrics}"))
-    };
+    let (_, m) = scrape(&f.url).await;
     assert_eq!(
-        sample("lockstep_packages{state=\"pending\"}"),
+        value(&m, "lockstep_packages", &[("state", "pending")]),
         (KEYS - 1) as f64
     );
-    assert_eq!(sample("lockstep_packages{state=\"ship\"}"), 1.0);
+    assert_eq!(value(&m, "lockstep_packages", &[("state", "ship")]), 1.0);
     f.stop().await;
 }

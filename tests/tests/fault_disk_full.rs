@@ -10,6 +10,8 @@
 //! once there is room. Both tests here check that; the second is the regression test of an agent
 //! that burnt its jobs' delivery attempts until the broker dead-lettered them.
 
+mod ops_support;
+
 use std::io::Write;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -371,15 +373,11 @@ async fn an_agent_whose_disk_stays_full_takes_no_jobs_and_none_is_dead_lettered(
         shown.contains("not taking jobs: scratch disk full"),
         "lockstep agents:\n{shown}"
     );
-    let metrics = reqwest::get(format!("{}/metrics", c.url))
-        .await
-        .expect("GET /metrics")
-        .text()
-        .await
-        .expect("metrics body");
-    assert!(
-        metrics.lines().any(|l| l == "lockstep_agents_paused 1"),
-        "the paused agent is not counted:\n{metrics}"
+    let (_, m) = ops_support::scrape(&c.url).await;
+    assert_eq!(
+        ops_support::value(&m, "lockstep_agents_paused", &[]),
+        1.0,
+        "the paused agent is counted"
     );
 
     let stopping = Instant::now();
