@@ -85,6 +85,15 @@ fn main() {
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
+    // The measured components log through `tracing`; silent unless asked for, e.g.
+    // LOCKSTEP_BENCH_LOG=lockstep_agent=info shows the agent's step timings in P2.
+    if let Ok(filter) = std::env::var("LOCKSTEP_BENCH_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(std::io::stderr)
+            .with_ansi(false)
+            .try_init();
+    }
     std::fs::create_dir_all(&args.dir)
         .with_context(|| format!("creating {}", args.dir.display()))?;
     let dir = args.dir.canonicalize().context("scratch dir")?;

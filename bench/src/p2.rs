@@ -48,11 +48,13 @@ const BASELINE: &str =
      files: apt-get update + apt-get build-dep as root, then dpkg-source -x + dpkg-buildpackage \
      (the agent's flag, environment and umask) as the build user via setpriv; Lockstep's deps \
      step instead mounts the agent's apt lists cache read-only (default max age 900 s, refreshed \
-     before the clock, as on a busy agent)";
+     before the clock, as on a busy agent) and unpacks with dpkg --force-unsafe-io (its container \
+     is thrown away)";
 
 /// The baseline's script. `$1` the `.dsc` (mounted read-only), `$2` the unpack directory, `$3`
-/// `-B`/`-A`, `$4` apt-get build-dep's matching selection. The same commands as the agent's deps
-/// and build scripts (`agent/src/runtime/spec.rs`), in one container.
+/// `-B`/`-A`, `$4` apt-get build-dep's matching selection. The commands an operator would run by
+/// hand, in one container: the agent's deps and build scripts (`agent/src/runtime/spec.rs`) less
+/// their optimisations (the apt lists cache and dpkg's `--force-unsafe-io`).
 const BARE_SCRIPT: &str = r#"set -eu
 export DEBIAN_FRONTEND=noninteractive
 apt-get update --error-on=any

@@ -67,6 +67,11 @@ pub(crate) const APT_LISTS_JOB: &str = "apt-lists";
 /// to delete; the mount is not part of the commit). When the image already satisfies the build
 /// dependencies (apt, with the image's empty lists or the cached ones, would install nothing),
 /// the index download is skipped: it could not change what the build sees.
+///
+/// dpkg unpacks with `--force-unsafe-io`: the container is thrown away after the job (a crash
+/// mid-install only means the job runs again), so the fsync dpkg does after every unpacked file
+/// buys nothing. On this machine kind it took `hello`'s install of debhelper from ~25 s to ~15 s
+/// (issue 7, P2).
 const DEPS_SCRIPT: &str = r#"set -eu
 export DEBIAN_FRONTEND=noninteractive
 if apt-get build-dep --simulate --no-install-recommends "$2" "$1" 2>/dev/null \
@@ -77,7 +82,7 @@ fi
 if [ "$3" = update ]; then
   apt-get update --error-on=any || exit 75
 fi
-apt-get build-dep --yes --no-install-recommends "$2" "$1"
+apt-get build-dep --yes --no-install-recommends -o Dpkg::Options::=--force-unsafe-io "$2" "$1"
 apt-get clean
 if [ "$3" = update ]; then
   rm -rf /var/lib/apt/lists/*
@@ -487,6 +492,8 @@ mod tests {
             Some("update")
         );
         assert!(DEPS_SCRIPT.contains("apt-get update --error-on=any || exit 75"));
+        // Throwaway container: no fsync per unpacked file (issue 7, P2).
+        assert!(DEPS_SCRIPT.contains("-o Dpkg::Options::=--force-unsafe-io"));
     }
 
     #[test]
