@@ -16,7 +16,7 @@
 
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use chrono::Utc;
 use lockstep_proto::digest::Sha256Digest;
@@ -44,6 +44,72 @@ const MAX_IDLE_READERS: usize = 32;
 /// What one caller of [`Archive::append_records`] gets back.
 type AppendResult = Result<Vec<RecordRef>, ArchiveError>;
 
+/// One caller's records in a group commit.
+struct Append {
+    recs: Vec<NewRecord>,
+    /// Appends that must have committed for these records to be stored.
+    after: Vec<AppendTicket>,
+    ticket: AppendTicket,
+}
+
+/// An append that is queued for the group commit, or was: whether it committed is known once it
+/// was answered. [`Archive::append_records_then`] hands it out so that later appends can be
+/// made to depend on it ([`Archive::append_records_after`]) before it is durable.
+#[derive(Clone, Debug)]
+pub struct AppendTicket(Arc<TicketState>);
+
+#[derive(Debug, Default)]
+struct TicketState {
+    committed: Mutex<Option<bool>>,
+    settled: Condvar,
+}
+
+impl AppendTicket {
+    fn new() -> Self {
+        AppendTicket(Arc::default())
+    }
+
+    fn settle(&self, committed: bool) {
+        *self.0.committed.lock().unwrap_or_else(|p| p.into_inner()) = Some(committed);
+        self.0.settled.notify_all();
+    }
+
+    /// `Some(true)` once the append committed, `Some(false)` once it was refused or its group
+    /// failed, `None` while it waits for (or is in) a group commit.
+    pub fn committed(&self) -> Option<bool> {
+        *self.0.committed.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Waits until the append committed (`true`) or failed (`false`). Call it only while the
+    /// append's own caller is, or soon will be, waiting for it (it may have to lead the group).
+    pub fn wait(&self) -> bool {
+        let mut c = self.0.committed.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if let Some(done) = *c {
+                return done;
+            }
+            c = self.0.settled.wait(c).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    fn is(&self, other: &AppendTicket) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+/// Settles the tickets of a group that were not settled, as failed.
+struct SettleOnDrop<'a>(&'a [Append]);
+
+impl Drop for SettleOnDrop<'_> {
+    fn drop(&mut self) {
+        for append in self.0 {
+            if append.ticket.committed().is_none() {
+                append.ticket.settle(false);
+            }
+        }
+    }
+}
+
 /// The write-once archive: blobs, immutable records and their transparency log.
 pub struct Archive {
     db_path: PathBuf,
@@ -53,7 +119,7 @@ pub struct Archive {
     /// Idle read-only connections.
     readers: Mutex<Vec<Connection>>,
     /// Appends waiting for (or in) the next group commit.
-    appends: GroupCommit<Vec<NewRecord>, AppendResult>,
+    appends: GroupCommit<Append, AppendResult>,
     origin: String,
     key: LogKey,
 }
@@ -280,9 +346,39 @@ impl Archive {
         self.append_owned(recs.to_vec())
     }
 
-    fn append_owned(&self, recs: Vec<NewRecord>) -> AppendResult {
-        self.appends.submit(
-            recs,
+    /// [`Archive::append_records`], storing the records only if every append in `after` has
+    /// committed: if one of them was refused or its group failed, these are refused with
+    /// [`ArchiveError::Aborted`] and nothing of them is stored. The appends in `after` must
+    /// already be queued (tickets come from [`Archive::append_records_then`]); they commit
+    /// first, in the same group or an earlier one.
+    pub fn append_records_after(
+        &self,
+        recs: Vec<NewRecord>,
+        after: &[AppendTicket],
+    ) -> Result<Vec<RecordRef>, ArchiveError> {
+        self.append_records_then(recs, after, |_| {})
+    }
+
+    /// [`Archive::append_records_after`], calling `queued` with this append's ticket as soon as
+    /// it is queued, before waiting for the commit. Whatever the caller appends from then on
+    /// (in `queued` or another thread it lets go on) is committed after these records, so it can
+    /// already count on them, and depend on them with the ticket. `queued` must not wait for
+    /// other appends.
+    pub fn append_records_then(
+        &self,
+        recs: Vec<NewRecord>,
+        after: &[AppendTicket],
+        queued: impl FnOnce(AppendTicket),
+    ) -> Result<Vec<RecordRef>, ArchiveError> {
+        let ticket = AppendTicket::new();
+        let mine = ticket.clone();
+        self.appends.submit_then(
+            Append {
+                recs,
+                after: after.to_vec(),
+                ticket,
+            },
+            || queued(mine),
             |group| self.commit_group(&group),
             || {
                 Err(ArchiveError::Corrupt(
@@ -294,16 +390,35 @@ impl Archive {
         )
     }
 
+    fn append_owned(&self, recs: Vec<NewRecord>) -> AppendResult {
+        self.append_records_then(recs, &[], |_| {})
+    }
+
     /// Commits one group (see [`Archive::append_records`]): one result per caller.
-    fn commit_group(&self, group: &[Vec<NewRecord>]) -> Vec<AppendResult> {
+    /// Settles every caller's ticket before anyone is answered, so an append that depends on
+    /// one of these finds its outcome.
+    fn commit_group(&self, group: &[Append]) -> Vec<AppendResult> {
+        // Even if this panics: nobody waits for a ticket that never settles.
+        let _unsettled = SettleOnDrop(group);
         let mut conn = self.conn();
-        match self.commit_group_in(&mut conn, group) {
+        let results = self.commit_group_results(&mut conn, group);
+        for (append, result) in group.iter().zip(&results) {
+            append.ticket.settle(result.is_ok());
+        }
+        for append in group.iter().skip(results.len()) {
+            append.ticket.settle(false);
+        }
+        results
+    }
+
+    fn commit_group_results(&self, conn: &mut Connection, group: &[Append]) -> Vec<AppendResult> {
+        match self.commit_group_in(conn, group) {
             Ok(results) => results,
             Err(GroupFailure { error, checkpoint }) => {
                 if checkpoint && matches!(error, ArchiveError::Corrupt(_)) {
                     // The rollback took the alarm the refused checkpoint raised with it; raise it
                     // again outside the transaction (the committed log is what is inconsistent).
-                    let _ = log::checkpoint(&conn, &self.origin, &self.key);
+                    let _ = log::checkpoint(conn, &self.origin, &self.key);
                 }
                 let mut out = Vec::with_capacity(group.len());
                 for _ in 1..group.len() {
@@ -318,12 +433,27 @@ impl Archive {
     fn commit_group_in(
         &self,
         conn: &mut Connection,
-        group: &[Vec<NewRecord>],
+        group: &[Append],
     ) -> Result<Vec<AppendResult>, GroupFailure> {
         let now = format_time(&Utc::now());
         let mut tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let mut results = Vec::with_capacity(group.len());
-        for recs in group {
+        let mut results: Vec<AppendResult> = Vec::with_capacity(group.len());
+        for (i, Append { recs, after, .. }) in group.iter().enumerate() {
+            // An append it depends on is earlier in this group (its savepoint's outcome) or in
+            // a group already answered (its ticket).
+            let dependency_failed =
+                after
+                    .iter()
+                    .any(|t| match group[..i].iter().position(|a| a.ticket.is(t)) {
+                        Some(j) => results[j].is_err(),
+                        None => t.committed() != Some(true),
+                    });
+            if dependency_failed {
+                results.push(Err(ArchiveError::Aborted(
+                    "an append these records depend on was not committed".into(),
+                )));
+                continue;
+            }
             let sp = tx.savepoint()?;
             let mut refs = Vec::with_capacity(recs.len());
             let mut refused = None;

@@ -68,6 +68,12 @@ pub enum ArchiveError {
     /// The caller asked for something malformed or impossible.
     #[error("bad request: {0}")]
     BadRequest(String),
+
+    /// Not stored because something it depends on was not stored (see
+    /// [`crate::Archive::append_records_after`]). Nothing of it was stored; retrying re-reads
+    /// what is stored now.
+    #[error("not stored: {0}; nothing was stored — retry")]
+    Aborted(String),
 }
 
 impl ArchiveError {
@@ -112,6 +118,7 @@ impl ArchiveError {
             )),
             Self::Corrupt(s) => Self::Corrupt(s.clone()),
             Self::BadRequest(s) => Self::BadRequest(s.clone()),
+            Self::Aborted(s) => Self::Aborted(s.clone()),
         }
     }
 }

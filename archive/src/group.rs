@@ -97,9 +97,24 @@ impl<J, R> GroupCommit<J, R> {
     /// arrival order and returns one result per job, in that order; a missing result, or a panic
     /// in `commit`, answers every job of that group with `failed()` (and the panic goes on in the
     /// leader's thread).
+    #[cfg(test)]
     pub(crate) fn submit(
         &self,
         job: J,
+        commit: impl Fn(Vec<J>) -> Vec<R>,
+        failed: impl Fn() -> R,
+    ) -> R {
+        self.submit_then(job, || {}, commit, failed)
+    }
+
+    /// [`GroupCommit::submit`], running `queued` once the job is in the queue and before waiting
+    /// for its commit: whatever is submitted after `queued` started is committed after this job,
+    /// in the same group or a later one. `queued` must not wait for other callers' commits (this
+    /// job may lead the next group). A panic in `queued` goes on once the job is answered.
+    pub(crate) fn submit_then(
+        &self,
+        job: J,
+        queued: impl FnOnce(),
         commit: impl Fn(Vec<J>) -> Vec<R>,
         failed: impl Fn() -> R,
     ) -> R {
@@ -109,6 +124,23 @@ impl<J, R> GroupCommit<J, R> {
             st.queue.push_back((me.clone(), job));
             !std::mem::replace(&mut st.committing, true)
         };
+        match panic::catch_unwind(AssertUnwindSafe(queued)) {
+            Ok(()) => self.answer_of(me, lead_now, commit, failed),
+            Err(payload) => {
+                let _ = self.answer_of(me, lead_now, commit, failed);
+                panic::resume_unwind(payload)
+            }
+        }
+    }
+
+    /// Waits for the answer to `me`'s job, leading groups when it is this caller's turn.
+    fn answer_of(
+        &self,
+        me: Arc<Waiter<R>>,
+        lead_now: bool,
+        commit: impl Fn(Vec<J>) -> Vec<R>,
+        failed: impl Fn() -> R,
+    ) -> R {
         if !lead_now {
             // Answered by another leader, or (Err) made the leader of the next group.
             if let Ok(r) = me.wait() {

@@ -42,7 +42,7 @@ pub mod records;
 pub mod stats;
 pub mod verify;
 
-pub use archive::Archive;
+pub use archive::{AppendTicket, Archive};
 pub use blobs::{BlobPut, PutBlobsError};
 pub use error::ArchiveError;
 pub use proof::{CheckpointInfo, ProofError};

@@ -728,3 +728,96 @@ fn an_empty_batch_stores_nothing() {
     assert!(puts.is_empty());
     assert_eq!(registered(dir.path()), 0);
 }
+
+#[test]
+fn an_append_that_depends_on_a_refused_one_stores_nothing_and_one_on_a_stored_one_is_stored() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let a = open(dir.path());
+    let keyed = |n: u64, body: &[u8]| lockstep_archive::NewRecord {
+        dedup_key: Some("k".into()),
+        body: body.to_vec(),
+        ..record(n)
+    };
+    a.append_record(keyed(0, b"one")).expect("first");
+
+    let mut stored = None;
+    a.append_records_then(vec![record(1)], &[], |t| {
+        assert_eq!(t.committed(), None, "queued, not yet answered");
+        stored = Some(t);
+    })
+    .expect("a clean append");
+    let stored = stored.expect("the ticket was handed out");
+    assert_eq!(stored.committed(), Some(true));
+    assert!(stored.wait());
+
+    let mut refused = None;
+    let err = a
+        .append_records_then(vec![keyed(2, b"two")], &[], |t| refused = Some(t))
+        .expect_err("conflict");
+    assert!(matches!(err, ArchiveError::Conflict { .. }), "{err:?}");
+    let refused = refused.expect("the ticket was handed out");
+    assert_eq!(refused.committed(), Some(false));
+    assert!(!refused.wait());
+
+    let err = a
+        .append_records_after(vec![record(3), record(4)], &[stored.clone(), refused])
+        .expect_err("depends on a refused append");
+    assert!(matches!(err, ArchiveError::Aborted(_)), "{err:?}");
+    assert!(err.to_string().contains("retry"), "{err}");
+    assert_eq!(a.log_size().expect("size"), 2, "nothing of it was stored");
+
+    let refs = a
+        .append_records_after(vec![record(3)], &[stored])
+        .expect("depends on a stored append");
+    assert_eq!(refs[0].leaf_index, 2);
+    assert!(a.verify().expect("verify").problems.is_empty());
+}
+
+#[test]
+fn an_append_queued_behind_one_it_depends_on_shares_its_fate_in_the_same_group_or_the_next() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let a = std::sync::Arc::new(open(dir.path()));
+    let keyed = |n: u64, body: String| lockstep_archive::NewRecord {
+        dedup_key: Some(format!("k{n}")),
+        body: body.into_bytes(),
+        ..record(n)
+    };
+    // Rounds: the first append is refused (its key is taken by other bytes) or stored; the
+    // second is queued by another thread while the first waits for its commit.
+    for round in 0..40u64 {
+        let n = 1000 + round * 10;
+        let conflicting = round % 2 == 0;
+        if conflicting {
+            a.append_record(keyed(n, "taken".into()))
+                .expect("taking the key");
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        let second = {
+            let a = a.clone();
+            std::thread::spawn(move || {
+                let ticket: lockstep_archive::AppendTicket = rx.recv().expect("ticket");
+                a.append_records_after(vec![record(n + 1)], &[ticket])
+            })
+        };
+        let first = a.append_records_then(vec![keyed(n, format!("body {n}"))], &[], |t| {
+            tx.send(t).expect("send");
+        });
+        let second = second.join().expect("no panic");
+        if conflicting {
+            assert!(
+                matches!(first, Err(ArchiveError::Conflict { .. })),
+                "{first:?}"
+            );
+            assert!(
+                matches!(second, Err(ArchiveError::Aborted(_))),
+                "{second:?}"
+            );
+        } else {
+            first.expect("first stored");
+            second.expect("second stored");
+        }
+    }
+    let report = a.verify().expect("verify");
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    assert_eq!(a.log_size().expect("size"), 20 + 20 * 2);
+}

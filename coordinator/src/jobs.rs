@@ -5,13 +5,16 @@
 //! only the dispatch bookkeeping — a job row is written before it is published (an outbox), and
 //! `confirmed_at` is set once the broker confirmed it, so a crash between the two re-publishes.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use lockstep_proto::v1::Job;
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+
+/// Idle read-only connections kept for [`JobStore::get`].
+const MAX_IDLE_READERS: usize = 16;
 
 /// A job row.
 #[derive(Clone, Debug)]
@@ -22,7 +25,12 @@ pub struct JobRow {
 }
 
 pub struct JobStore {
+    path: PathBuf,
+    /// The one writer (and the reader of everything but [`JobStore::get`]).
     conn: Mutex<Connection>,
+    /// Idle read-only connections for [`JobStore::get`], which every attestation calls: in WAL
+    /// mode they see every committed job without queueing behind each other or the writer.
+    readers: Mutex<Vec<Connection>>,
 }
 
 impl JobStore {
@@ -46,7 +54,9 @@ impl JobStore {
         )
         .context("creating the job table")?;
         Ok(JobStore {
+            path: path.to_path_buf(),
             conn: Mutex::new(conn),
+            readers: Mutex::new(Vec::new()),
         })
     }
 
@@ -106,14 +116,27 @@ impl JobStore {
     }
 
     pub fn get(&self, job_id: &str) -> anyhow::Result<Option<JobRow>> {
-        let conn = self.conn();
+        let idle = self.readers.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let conn = match idle {
+            Some(c) => c,
+            None => Connection::open_with_flags(
+                &self.path,
+                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )
+            .with_context(|| format!("opening {} to read", self.path.display()))?,
+        };
         let row = conn
             .prepare_cached(
                 "SELECT job_json, confirmed_at, dispatch_error FROM jobs WHERE job_id = ?1",
             )?
             .query_row(params![job_id], Self::row)
-            .optional()?;
-        Ok(Self::decode(row.into_iter().collect())?.pop())
+            .optional();
+        let mut idle = self.readers.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < MAX_IDLE_READERS {
+            idle.push(conn);
+        }
+        drop(idle);
+        Ok(Self::decode(row?.into_iter().collect())?.pop())
     }
 
     /// Jobs for one (source, version, arch), oldest first.

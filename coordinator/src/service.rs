@@ -10,7 +10,9 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use anyhow::Context;
 use chrono::Utc;
-use lockstep_archive::{Archive, ArchiveError, BlobLink, NewRecord, Record, RecordRef};
+use lockstep_archive::{
+    AppendTicket, Archive, ArchiveError, BlobLink, NewRecord, Record, RecordRef,
+};
 use lockstep_proto::digest::Sha256Digest;
 use lockstep_proto::dsc;
 use lockstep_proto::policy::Policy;
@@ -89,6 +91,52 @@ struct PendingVote {
     vote: Vote,
 }
 
+/// An attestation that changed no decision, queued in the archive's group commit and not yet
+/// known to be stored. Its vote already counts for the next evaluation of its key: it commits
+/// before anything appended later, and a decision counting it is stored only if it is
+/// ([`Archive::append_records_after`]).
+struct InFlight {
+    key: (String, String, String),
+    dedup_key: Option<String>,
+    vote: Vote,
+    ticket: AppendTicket,
+}
+
+impl InFlight {
+    fn is_for(&self, source: &str, version: &str, arch: &str) -> bool {
+        self.key.0 == source && self.key.1 == version && self.key.2 == arch
+    }
+}
+
+/// One stripe of the decision lock, and the attestations of its keys still in flight. Entries
+/// are added only under `decide` and taken out, once answered, under `in_flight` alone: an
+/// attestation's caller is not held up by a decision about its key being committed.
+#[derive(Default)]
+struct Stripe {
+    decide: Mutex<()>,
+    in_flight: Mutex<Vec<Arc<InFlight>>>,
+}
+
+impl Stripe {
+    fn in_flight(&self) -> MutexGuard<'_, Vec<Arc<InFlight>>> {
+        self.in_flight.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Takes an attestation out of its stripe's in-flight list when dropped (answered or not).
+struct Unregister<'a> {
+    stripe: &'a Stripe,
+    entry: Option<Arc<InFlight>>,
+}
+
+impl Drop for Unregister<'_> {
+    fn drop(&mut self) {
+        if let Some(entry) = self.entry.take() {
+            self.stripe.in_flight().retain(|f| !Arc::ptr_eq(f, &entry));
+        }
+    }
+}
+
 /// Outcome of an accepted attestation.
 #[derive(Debug, serde::Serialize)]
 pub struct Accepted {
@@ -112,8 +160,9 @@ pub struct Service {
     pub host_arch: String,
     dispatcher: RwLock<Option<Dispatcher>>,
     /// Serialise quorum evaluation and decision recording per (source, version, arch): one lock
-    /// stripe per key hash, so decisions about different packages run (and commit) at once.
-    decide_locks: [Mutex<()>; DECIDE_STRIPES],
+    /// stripe per key hash, so decisions about different packages run (and commit) at once. A
+    /// stripe holds its keys' attestations in flight (see [`Service::decide`]).
+    decide_locks: [Stripe; DECIDE_STRIPES],
     scratch: PathBuf,
     /// Witness cosignatures of checkpoints (see [`crate::witness`]).
     pub cosignatures: crate::witness::Cosignatures,
@@ -158,7 +207,7 @@ impl Service {
             key,
             host_arch,
             dispatcher: RwLock::new(None),
-            decide_locks: std::array::from_fn(|_| Mutex::new(())),
+            decide_locks: std::array::from_fn(|_| Stripe::default()),
             scratch,
             cosignatures,
             ops: Default::default(),
@@ -668,13 +717,11 @@ impl Service {
     }
 
     /// The decision lock of one (source, version, arch).
-    fn decide_lock(&self, source: &str, version: &str, arch: &str) -> MutexGuard<'_, ()> {
+    fn decide_stripe(&self, source: &str, version: &str, arch: &str) -> &Stripe {
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
         (source, version, arch).hash(&mut h);
-        self.decide_locks[(h.finish() % DECIDE_STRIPES as u64) as usize]
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        &self.decide_locks[(h.finish() % DECIDE_STRIPES as u64) as usize]
     }
 
     /// Evaluates the quorum and records a new signed decision when the outcome changed.
@@ -686,6 +733,14 @@ impl Service {
     /// if it were. The attestation and the decision it causes are appended together (all or
     /// none, one group commit), so a deciding attestation costs one commit, not two. Returns
     /// where the attestation was stored.
+    ///
+    /// Evaluations of one key are serialised by its lock stripe. A decision is recorded while
+    /// holding it, but an attestation that changes no decision (the first of a quorum, usually)
+    /// lets go of it as soon as it is queued for the group commit and waits for durability
+    /// alone: it stays in the stripe's in-flight list until answered, and later evaluations of
+    /// the key count its vote, making any decision they record depend on it being stored. So the
+    /// attestations of one package that arrive together share a commit instead of queueing for
+    /// one each (issue 7, P3).
     fn decide(
         &self,
         source: &str,
@@ -693,9 +748,41 @@ impl Service {
         arch: &str,
         mut pending: Option<PendingVote>,
     ) -> Result<(Option<RecordRef>, Outcome)> {
-        let _guard = self.decide_lock(source, version, arch);
+        let stripe = self.decide_stripe(source, version, arch);
+        let guard = stripe.decide.lock().unwrap_or_else(|p| p.into_inner());
+        // This key's attestations in flight, taken before the stored evidence is read: none is
+        // added while this lock is held, and one taken out meanwhile was stored first.
+        let in_flight: Vec<Arc<InFlight>> = stripe
+            .in_flight()
+            .iter()
+            .filter(|f| f.is_for(source, version, arch))
+            .cloned()
+            .collect();
+        // An earlier delivery of the same attestation still in flight: let it settle, so that the
+        // stored evidence tells a redelivery from a conflict. (Its caller is in the group commit
+        // already and needs no lock to be answered.)
+        if let Some(p) = &pending {
+            for f in in_flight
+                .iter()
+                .filter(|f| f.dedup_key == p.record.dedup_key)
+            {
+                f.ticket.wait();
+            }
+        }
         let policy = self.policy();
         let (records, mut votes, failures) = self.evidence(source, version, arch)?;
+        // Attestations in flight count (unless already refused); a decision counting them is
+        // stored only if they are. One that committed since is among the stored votes already.
+        let mut after = Vec::new();
+        for f in in_flight
+            .iter()
+            .filter(|f| f.ticket.committed() != Some(false))
+        {
+            if !votes.iter().any(|v| v.statement == f.vote.statement) {
+                votes.push(f.vote.clone());
+            }
+            after.push(f.ticket.clone());
+        }
         let mut stored = None;
         // Its key is already taken (every attestation of this key is stored under this lock): a
         // redelivery, answered `created: false`, or other bytes, a conflict and an alarm. Either
@@ -736,7 +823,7 @@ impl Service {
         };
         if !changed {
             if let Some(p) = pending {
-                stored = Some(self.archive.append_record(p.record)?);
+                stored = Some(self.append_in_flight(stripe, guard, (source, version, arch), p)?);
             }
             return Ok((stored, outcome));
         }
@@ -776,13 +863,19 @@ impl Service {
         };
         let decision_ref = match pending {
             Some(p) => {
-                let refs = self.archive.append_records(&[p.record, decision_record])?;
+                let refs = self
+                    .archive
+                    .append_records_after(vec![p.record, decision_record], &after)?;
                 stored = refs.first().copied();
                 *refs
                     .last()
                     .context("append_records returns one ref per record")?
             }
-            None => self.archive.append_record(decision_record)?,
+            None => *self
+                .archive
+                .append_records_after(vec![decision_record], &after)?
+                .first()
+                .context("append_records returns one ref per record")?,
         };
         // The append committed the decision under a signed checkpoint (the archive's group
         // commit), so it is provable before it is published.
@@ -799,6 +892,49 @@ impl Service {
             d.publish_decision(decision);
         }
         Ok((stored, outcome))
+    }
+
+    /// Stores an attestation that changed no decision, letting go of its key's lock (`guard`)
+    /// once it is queued (see [`Service::decide`]).
+    fn append_in_flight(
+        &self,
+        stripe: &Stripe,
+        guard: MutexGuard<'_, ()>,
+        (source, version, arch): (&str, &str, &str),
+        p: PendingVote,
+    ) -> Result<RecordRef> {
+        let mut unregister = Unregister {
+            stripe,
+            entry: None,
+        };
+        let dedup_key = p.record.dedup_key.clone();
+        let appended = self
+            .archive
+            .append_records_then(vec![p.record], &[], |ticket| {
+                let entry = Arc::new(InFlight {
+                    key: (source.into(), version.into(), arch.into()),
+                    dedup_key,
+                    vote: p.vote,
+                    ticket,
+                });
+                stripe.in_flight().push(entry.clone());
+                unregister.entry = Some(entry);
+                drop(guard);
+            });
+        drop(unregister);
+        match appended {
+            Ok(refs) => Ok(*refs
+                .first()
+                .context("append_records returns one ref per record")?),
+            Err(e) => {
+                // Its vote may have been counted while in flight: any decision that did so was
+                // refused with it. Judge what is stored again.
+                if let Err(again) = self.evaluate(source, version, arch) {
+                    tracing::warn!(%source, %version, %arch, error = %again, "re-evaluating after a failed append");
+                }
+                Err(e.into())
+            }
+        }
     }
 
     /// Marks the apt repository stale after a decision; it is regenerated off this path.
