@@ -716,7 +716,7 @@ impl Service {
         Ok((records, votes, failures))
     }
 
-    /// The decision lock of one (source, version, arch).
+    /// The decision lock stripe of one (source, version, arch).
     fn decide_stripe(&self, source: &str, version: &str, arch: &str) -> &Stripe {
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
