@@ -40,8 +40,11 @@ pub mod kind {
 /// Largest signed document (.buildinfo, statement) read into memory.
 const MAX_SIGNED_DOC: u64 = 16 * 1024 * 1024;
 
-/// Stripes of the decision lock (see `Service::decide_locks`).
-const DECIDE_STRIPES: usize = 64;
+/// Stripes of the decision lock (see `Service::decide_locks`). A decision holds its stripe
+/// across its commit, so another package hashed to the same stripe waits that long: with 64
+/// stripes and 32 concurrent uploads about one in four decisions met such a stranger (issue 7,
+/// P3). A stripe costs two empty mutexes.
+const DECIDE_STRIPES: usize = 1024;
 
 /// Errors the HTTP layer maps to status codes.
 #[derive(Debug, thiserror::Error)]
@@ -162,7 +165,7 @@ pub struct Service {
     /// Serialise quorum evaluation and decision recording per (source, version, arch): one lock
     /// stripe per key hash, so decisions about different packages run (and commit) at once. A
     /// stripe holds its keys' attestations in flight (see [`Service::decide`]).
-    decide_locks: [Stripe; DECIDE_STRIPES],
+    decide_locks: Box<[Stripe]>,
     scratch: PathBuf,
     /// Witness cosignatures of checkpoints (see [`crate::witness`]).
     pub cosignatures: crate::witness::Cosignatures,
@@ -207,7 +210,7 @@ impl Service {
             key,
             host_arch,
             dispatcher: RwLock::new(None),
-            decide_locks: std::array::from_fn(|_| Stripe::default()),
+            decide_locks: (0..DECIDE_STRIPES).map(|_| Stripe::default()).collect(),
             scratch,
             cosignatures,
             ops: Default::default(),
