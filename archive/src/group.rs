@@ -107,10 +107,11 @@ impl<J, R> GroupCommit<J, R> {
         self.submit_then(job, || {}, commit, failed)
     }
 
-    /// [`GroupCommit::submit`], running `queued` once the job is in the queue and before waiting
-    /// for its commit: whatever is submitted after `queued` started is committed after this job,
-    /// in the same group or a later one. `queued` must not wait for other callers' commits (this
-    /// job may lead the next group). A panic in `queued` goes on once the job is answered.
+    /// Runs `job` in a group like `submit`, and runs `queued` once the job is in the queue and
+    /// before waiting for its commit: whatever is submitted after `queued` started is committed
+    /// after this job, in the same group or a later one. `queued` must be short and must not wait
+    /// for other callers' commits (this caller may have to lead the next group, which waits for
+    /// `queued` to return). A panic in `queued` goes on once the job is answered.
     pub(crate) fn submit_then(
         &self,
         job: J,
