@@ -398,15 +398,13 @@ impl Archive {
     /// Settles every caller's ticket before anyone is answered, so an append that depends on
     /// one of these finds its outcome.
     fn commit_group(&self, group: &[Append]) -> Vec<AppendResult> {
-        // Even if this panics: nobody waits for a ticket that never settles.
+        // Even if this panics, or answers fewer callers than it got: nobody waits for a ticket
+        // that never settles.
         let _unsettled = SettleOnDrop(group);
         let mut conn = self.conn();
         let results = self.commit_group_results(&mut conn, group);
         for (append, result) in group.iter().zip(&results) {
             append.ticket.settle(result.is_ok());
-        }
-        for append in group.iter().skip(results.len()) {
-            append.ticket.settle(false);
         }
         results
     }
