@@ -53,7 +53,14 @@ async fn build_containers_are_isolated_and_deps_containers_minimal() {
         .into_iter()
         .filter(|a| a.job_id == "audit-1")
         .collect();
-    assert_eq!(audits.len(), 2, "one deps and one build container");
+    // The runtime's first job also lists the build image (once per image).
+    let mut roles: Vec<String> = audits.iter().map(|a| format!("{:?}", a.role)).collect();
+    roles.sort();
+    assert_eq!(
+        roles,
+        ["Build", "Deps", "Listing"],
+        "one deps, one build and one listing container"
+    );
     for audit in &audits {
         let hc = audit.inspect.host_config.as_ref().expect("HostConfig");
         let config = audit.inspect.config.as_ref().expect("Config");
@@ -112,8 +119,28 @@ async fn build_containers_are_isolated_and_deps_containers_minimal() {
                         "unexpected capability {cap}"
                     );
                 }
-                assert_eq!(mounts.len(), 1, "only the sources: {mounts:?}");
-                assert_eq!(mounts[0].rw, Some(false), "sources mounted read-only");
+                assert_eq!(
+                    mounts.len(),
+                    2,
+                    "only the sources and the layer directory: {mounts:?}"
+                );
+                for m in &mounts {
+                    let writable = m.destination.as_deref() == Some("/tmp/lockstep-layer");
+                    assert_eq!(
+                        m.rw,
+                        Some(writable),
+                        "sources read-only, the layer directory writable: {m:?}"
+                    );
+                }
+            }
+            ContainerRole::Listing => {
+                assert_eq!(hc.network_mode.as_deref(), Some("none"));
+                assert_eq!(hc.readonly_rootfs, Some(true));
+                assert_eq!(mounts.len(), 1, "only its output directory: {mounts:?}");
+                assert_eq!(
+                    mounts[0].destination.as_deref(),
+                    Some("/tmp/lockstep-layer")
+                );
             }
             ContainerRole::AptLists => panic!("no apt lists cache in use here: {mounts:?}"),
         }

@@ -78,6 +78,15 @@ async fn hello_builds_twice_to_identical_debs() {
             .environment
             .contains(&"LC_ALL=C.UTF-8".to_owned()));
         assert!(log.contains("dpkg-buildpackage"), "log shows the build");
+        // The build image came from the exported layer, not from the `docker commit` fallback.
+        assert!(
+            log.contains("deps: loaded the installed dependencies as a layer"),
+            "log:\n{log}"
+        );
+        assert!(
+            !log.contains("committing the container instead"),
+            "log:\n{log}"
+        );
         assert!(rt.live_containers().is_empty(), "containers removed");
         debs.push(deb);
     }

@@ -381,14 +381,18 @@ async fn hostile_builds_are_contained_and_containers_are_hardened() {
                 .iter()
                 .filter(|m| m.destination.as_deref() == Some("/var/lib/apt/lists"))
                 .collect();
-            // The deps step also gets the agent's apt lists cache (read-only, checked below).
+            // The deps step also gets the agent's apt lists cache (read-only, checked below)
+            // and its layer directory.
             let expected = if audit.role == ContainerRole::Deps {
-                2
+                3
             } else {
                 1
             };
             assert_eq!(mounts.len(), expected, "{what}: {mounts:?}");
-            let lists_expected = usize::from(audit.role != ContainerRole::Build);
+            let lists_expected = usize::from(matches!(
+                audit.role,
+                ContainerRole::Deps | ContainerRole::AptLists
+            ));
             assert_eq!(lists_mounts.len(), lists_expected, "{what}: {mounts:?}");
             for m in &lists_mounts {
                 let source = m.source.clone().unwrap_or_default();
@@ -413,9 +417,18 @@ async fn hostile_builds_are_contained_and_containers_are_hardened() {
                     assert_eq!(config.user.as_deref(), Some("1000:1000"), "{what}");
                     assert_eq!(config.network_disabled, Some(true), "{what}");
                 }
+                ContainerRole::Listing => {
+                    assert_eq!(hc.network_mode.as_deref(), Some("none"), "{what}");
+                    assert_eq!(hc.readonly_rootfs, Some(true), "{what}");
+                    assert_eq!(
+                        mounts.iter().filter(|m| m.rw != Some(false)).count(),
+                        1,
+                        "{what}: only its output directory: {mounts:?}"
+                    );
+                }
                 ContainerRole::Deps | ContainerRole::AptLists => {
                     // Root with the few capabilities apt needs; the deps step's source and
-                    // lists mounted read-only, the refresh's new lists directory writable.
+                    // lists mounted read-only.
                     let caps = hc.cap_add.clone().unwrap_or_default();
                     for cap in &caps {
                         assert!(
@@ -431,10 +444,11 @@ async fn hostile_builds_are_contained_and_containers_are_hardened() {
                             "{what}: {cap}"
                         );
                     }
-                    let writable = usize::from(audit.role == ContainerRole::AptLists);
+                    // One writable mount each: the refresh's new lists directory, the deps
+                    // step's layer directory.
                     assert_eq!(
                         mounts.iter().filter(|m| m.rw != Some(false)).count(),
-                        writable,
+                        1,
                         "{what}: {mounts:?}"
                     );
                 }

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use lockstep_proto::v1::ImageRef;
 use tokio_util::sync::CancellationToken;
 
-use super::lifecycle::{run_to_exit, ContainerRole, Exit, JobResources};
+use super::lifecycle::{ContainerRole, Exit};
 use super::logs::CappedLog;
 use super::{spec, tail_text, Runtime, RuntimeError, ERROR_LOG_TAIL};
 
@@ -213,29 +213,15 @@ impl Runtime {
         let owner = format!("{}:{}", meta.uid(), meta.gid());
         let body = spec::apt_lists_container(&self.cfg, &image.name, &generation.dir, &owner);
         let mut log = CappedLog::new(REFRESH_LOG_CAP);
-        let mut resources = JobResources::new(
-            self.docker.clone(),
-            self.tracker.clone(),
-            spec::APT_LISTS_JOB,
-        );
-        let result = async {
-            let id = resources.create(ContainerRole::AptLists, body).await?;
-            let exit = run_to_exit(
-                &self.docker,
-                &id,
-                self.cfg.max_build_time,
-                self.cfg.stop_grace,
-                cancel,
+        let result = self
+            .run_one_off(
+                spec::APT_LISTS_JOB,
+                ContainerRole::AptLists,
+                body,
                 &mut log,
+                cancel,
             )
-            .await?;
-            resources.remove_container(&id).await?;
-            Ok::<_, RuntimeError>(exit)
-        }
-        .await;
-        if let Err(e) = resources.release().await {
-            tracing::warn!(error = %e, "removing the apt lists refresh container");
-        }
+            .await;
         match result? {
             Exit::Code(0) => Ok(()),
             Exit::Code(code) => Err(RuntimeError::Infrastructure(format!(

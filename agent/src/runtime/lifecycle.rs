@@ -36,6 +36,9 @@ pub enum ContainerRole {
     Build,
     /// Refreshes the agent's apt lists cache (the deps isolation, the new lists dir mounted).
     AptLists,
+    /// Lists the build image's paths once per image (the deps user and capabilities, network
+    /// `none`, read-only root, one empty directory of the job's work dir mounted).
+    Listing,
 }
 
 /// A container as Docker described it right after the runtime created it.
@@ -202,6 +205,11 @@ impl JobResources {
         let id = resp.id;
         self.images.push(id.clone());
         Ok(id)
+    }
+
+    /// Records an image the job made some other way than [`Self::commit`], for removal.
+    pub(crate) fn adopt_image(&mut self, id: &str) {
+        self.images.push(id.to_owned());
     }
 
     /// Removes one container now (it is no longer needed) and forgets it.

@@ -8,7 +8,8 @@
 //!    sources (the host's), with the package indices of the agent's apt lists cache mounted
 //!    read-only (refreshed by one `apt-get update` container when older than
 //!    `apt_lists_max_age`), or, with the cache off, after its own `apt-get update`. The container
-//!    is then committed to a temporary per-job image.
+//!    then archives what the install changed, and the agent loads that as a layer on top of the
+//!    build image: a temporary per-job image (the `layer` module; `docker commit` if that fails).
 //! 2. **build** — from that image, as the build user (uid 1000), with network `none`, a read-only
 //!    root, no capabilities, `no-new-privileges`, pids/memory limits and only the job's build
 //!    directory mounted: `dpkg-source -x` and `dpkg-buildpackage` the way Debian's build daemons
@@ -24,10 +25,12 @@
 //! - `logs`: the capped build log.
 //! - `collect`: host-side validation and hashing of outputs.
 //! - `aptlists`: the agent's apt lists cache.
+//! - `layer`: the deps step's changes loaded as an image layer, the image listings it needs.
 
 mod aptlists;
 mod collect;
 mod config;
+mod layer;
 mod lifecycle;
 mod logs;
 mod spec;
@@ -65,6 +68,10 @@ pub struct Runtime {
     image_lock: tokio::sync::Mutex<()>,
     /// The apt lists cache, once the agent named its directory and unless it is off.
     apt_lists: Option<aptlists::AptListsCache>,
+    /// Listings of build images by layer digest (`layer`), made once each; held across a
+    /// listing, so one is made at a time.
+    listings:
+        tokio::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<layer::BaseListing>>>,
 }
 
 /// One build job, as the agent's main loop hands it over.
@@ -179,6 +186,10 @@ struct JobDirs {
     build: PathBuf,
     /// `work_dir/build/reproducible-path`: sources in, outputs out.
     output: PathBuf,
+    /// `work_dir/layer`, where the deps container exports its changes.
+    layer: PathBuf,
+    /// `work_dir/listing`, where the listing container writes, if this job runs it.
+    listing: PathBuf,
 }
 
 impl Runtime {
@@ -199,6 +210,7 @@ impl Runtime {
             tracker: Tracker::default(),
             image_lock: tokio::sync::Mutex::new(()),
             apt_lists: None,
+            listings: tokio::sync::Mutex::default(),
         })
     }
 
@@ -429,18 +441,24 @@ impl Runtime {
             req,
             &req.image.name,
             &dirs.output,
+            &dirs.layer,
             apt_lists.as_deref().map(aptlists::Generation::dir),
         );
         let deps = resources.create(ContainerRole::Deps, body).await?;
-        let exit = run_to_exit(
-            &self.docker,
-            &deps,
-            cfg.max_build_time,
-            cfg.stop_grace,
-            cancel,
-            &mut log,
-        )
-        .await?;
+        // The image's listing (made once per image) is needed only afterwards: it is made while
+        // apt installs.
+        let (exit, listing) = tokio::join!(
+            run_to_exit(
+                &self.docker,
+                &deps,
+                cfg.max_build_time,
+                cfg.stop_grace,
+                cancel,
+                &mut log,
+            ),
+            self.base_listing(&req.image, &req.job_id, &dirs.listing, cancel),
+        );
+        let exit = exit?;
         log.note(&format!("deps: {exit:?}"));
         let mut satisfied = false;
         match exit {
@@ -467,11 +485,43 @@ impl Runtime {
             }
             Exit::Cancelled => return Err(RuntimeError::Cancelled),
         }
-        // Nothing installed: the build runs in the verified image itself, no commit needed.
+        // Nothing installed: the build runs in the verified image itself, no layer needed.
         let deps_image = if satisfied {
             req.image.name.clone()
         } else {
-            resources.commit(&deps, &dirs.build).await?
+            let loaded = match listing {
+                Ok(listing) => {
+                    let mut labels = spec::deps_labels(&req.job_id);
+                    labels.insert(
+                        spec::LABEL_WORKDIR.to_owned(),
+                        dirs.build.to_string_lossy().into_owned(),
+                    );
+                    self.load_layer(&req.image, &dirs.layer, listing, labels)
+                        .await
+                }
+                Err(e) => Err(e),
+            };
+            match loaded {
+                Ok(loaded) => {
+                    resources.adopt_image(&loaded.image_id);
+                    log.note(&format!(
+                        "deps: loaded the installed dependencies as a layer of {} bytes \
+                         ({} deleted paths)",
+                        loaded.bytes, loaded.whiteouts
+                    ));
+                    loaded.image_id
+                }
+                Err(RuntimeError::Cancelled) => return Err(RuntimeError::Cancelled),
+                Err(e) => {
+                    tracing::warn!(
+                        job = %req.job_id,
+                        error = %e,
+                        "could not load the dependency layer; committing the container instead"
+                    );
+                    log.note(&format!("deps: {e}; committing the container instead"));
+                    resources.commit(&deps, &dirs.build).await?
+                }
+            }
         };
         resources.remove_container(&deps).await?;
         drop(apt_lists);
@@ -538,6 +588,38 @@ impl Runtime {
 }
 
 impl Runtime {
+    /// Creates a container of `role` for `job_id` from `body`, runs it to its exit (following
+    /// its output into `log`) and removes it, whatever happened.
+    pub(crate) async fn run_one_off(
+        &self,
+        job_id: &str,
+        role: ContainerRole,
+        body: bollard::models::ContainerCreateBody,
+        log: &mut CappedLog,
+        cancel: &CancellationToken,
+    ) -> Result<Exit, RuntimeError> {
+        let mut resources = JobResources::new(self.docker.clone(), self.tracker.clone(), job_id);
+        let result = async {
+            let id = resources.create(role, body).await?;
+            let exit = run_to_exit(
+                &self.docker,
+                &id,
+                self.cfg.max_build_time,
+                self.cfg.stop_grace,
+                cancel,
+                log,
+            )
+            .await?;
+            resources.remove_container(&id).await?;
+            Ok::<_, RuntimeError>(exit)
+        }
+        .await;
+        if let Err(e) = resources.release().await {
+            tracing::warn!(job = %job_id, ?role, error = %e, "removing a one-off container");
+        }
+        result
+    }
+
     /// Refuses to go on (an infrastructure error: requeued, nothing uploaded) when the
     /// filesystem of the job's work dir has less than `min_free_bytes` free.
     fn check_scratch(&self, req: &BuildRequest, when: &str) -> Result<(), RuntimeError> {
@@ -575,7 +657,9 @@ fn prepare_dirs(req: &BuildRequest, build_uid: u32) -> Result<JobDirs, RuntimeEr
         .map_err(|e| infra(format!("work dir {}", req.work_dir.display()), e))?;
     let build = work_dir.join("build");
     let output = build.join("reproducible-path");
-    for dir in [&build, &output] {
+    let layer = work_dir.join("layer");
+    let listing = work_dir.join("listing");
+    for dir in [&build, &output, &layer, &listing] {
         std::fs::create_dir(dir).map_err(|e| infra(format!("creating {}", dir.display()), e))?;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
             .map_err(|e| infra(format!("chmod {}", dir.display()), e))?;
@@ -602,7 +686,12 @@ fn prepare_dirs(req: &BuildRequest, build_uid: u32) -> Result<JobDirs, RuntimeEr
             .map_err(|e| infra(format!("chmod {}", target.display()), e))?;
     }
     give_to_build_user(&output, build_uid)?;
-    Ok(JobDirs { build, output })
+    Ok(JobDirs {
+        build,
+        output,
+        layer,
+        listing,
+    })
 }
 
 /// Makes `dir` writable by the build user: chown when the agent may (root), else mode 0777

@@ -60,20 +60,55 @@ pub(crate) const APT_LISTS: &str = "/var/lib/apt/lists";
 /// Job id label of the containers that refresh the agent's apt lists cache.
 pub(crate) const APT_LISTS_JOB: &str = "apt-lists";
 
+/// Where the deps container writes its installed changes as a layer (and the listing container
+/// the image's listing): a directory of the job's work dir, read-write. Under `/tmp`, like
+/// [`SOURCE_MOUNT`].
+pub(crate) const LAYER_MOUNT: &str = "/tmp/lockstep-layer";
+
+/// Lists every path of the container's root filesystem except what is mounted into it: `find`
+/// arguments (after `find .`) pruning each mount point of `/proc/self/mountinfo` but `/`.
+/// `$prune` ends up as positional parameters of the calling function.
+/// `lockstep_mounts` prints those mount points as `m./<path>` NUL-terminated records, the form
+/// of the export's `after` listing: a mount point is not a deleted path.
+const PRUNE_MOUNTS: &str = r#"lockstep_prune() {
+  for m in $(awk '$5 != "/" { print $5 }' /proc/self/mountinfo); do
+    printf '%s\0' -path ".$m" -prune -o
+  done
+}
+lockstep_mounts() {
+  for m in $(awk '$5 != "/" { print $5 }' /proc/self/mountinfo); do
+    printf 'm.%s\0' "$m"
+  done
+}
+"#;
+
 /// The deps step: install build dependencies as root. `$1` is the `.dsc`, `$2` the apt-get
 /// option selecting arch-dependent or arch-independent build dependencies, `$3` where the package
 /// indices come from: `update` (run `apt-get update` here, delete the lists afterwards) or
 /// `cached` (the agent's cache is mounted read-only at `/var/lib/apt/lists`: no update, nothing
-/// to delete; the mount is not part of the commit). When the image already satisfies the build
-/// dependencies (apt, with the image's empty lists or the cached ones, would install nothing),
-/// the index download is skipped: it could not change what the build sees.
+/// to delete; the mount is not part of the layer), `$4` the layer directory ([`LAYER_MOUNT`]).
+/// When the image already satisfies the build dependencies (apt, with the image's empty lists or
+/// the cached ones, would install nothing), the index download is skipped: it could not change
+/// what the build sees.
 ///
 /// dpkg unpacks with `--force-unsafe-io`: the container is thrown away after the job (a crash
 /// mid-install only means the job runs again), so the fsync dpkg does after every unpacked file
 /// buys nothing. On this machine kind it took `hello`'s install of debhelper from ~25 s to ~15 s
 /// (issue 7, P2).
+///
+/// After the install, the script exports what changed as a layer for the agent (see
+/// `runtime::layer`): every path under `/` but mount points whose ctime is newer than the
+/// marker touched first (`changed`, archived in that order as `layer.tar` with GNU tar: POSIX
+/// format, numeric owners, `security.capability` as Docker keeps it, 512-byte blocks so the
+/// archive ends in exactly two zero blocks), and the list of every path left with its type, the
+/// mount points with type `m` (`after`), from which the agent finds what the install deleted. `layer.ok` is written last.
+/// If the export fails, the job goes on: the agent commits the container instead.
 const DEPS_SCRIPT: &str = r#"set -eu
 export DEBIAN_FRONTEND=noninteractive
+L=$4
+# Everything changed from here on has a newer ctime (the kernel's clock ticks before apt's
+# first write: the simulation alone takes far longer).
+touch "$L/.marker"
 if apt-get build-dep --simulate --no-install-recommends "$2" "$1" 2>/dev/null \
     | grep -q '^0 upgraded, 0 newly installed, 0 to remove'; then
   echo "lockstep: the image satisfies every build dependency; nothing to install"
@@ -87,6 +122,35 @@ apt-get clean
 if [ "$3" = update ]; then
   rm -rf /var/lib/apt/lists/*
 fi
+"#;
+
+/// The layer export that follows [`DEPS_SCRIPT`] (and, in tests, any other change): `$L` is the
+/// layer directory, `$L/.marker` the marker touched before the first change.
+pub(crate) const EXPORT_SCRIPT: &str = r#"lockstep_export() {
+  cd / || return 1
+  lockstep_prune > "$L/prune" || return 1
+  xargs -0 sh -c 'exec find . -xdev -mindepth 1 "$@" \( -printf "%y%p\0" \
+      -cnewer "$0/.marker" -fprint0 "$0/changed" \)' "$L" < "$L/prune" > "$L/after" || return 1
+  lockstep_mounts >> "$L/after" || return 1
+  tar --create --file "$L/layer.tar" --blocking-factor=1 --format=posix \
+      --pax-option=delete=atime,delete=ctime --numeric-owner \
+      --xattrs --xattrs-include=security.capability \
+      --no-recursion --null --files-from "$L/changed" || return 1
+  : > "$L/layer.ok"
+}
+if ! lockstep_export; then
+  rm -f "$L/layer.ok" "$L/layer.tar"
+  echo "lockstep: exporting the installed dependencies failed; the agent commits the container" >&2
+fi
+"#;
+
+/// Lists the image for the agent (see `runtime::layer`): every path under `/` but mount points,
+/// NUL-separated, into `$1/base`, then `$1/base.ok`.
+const LISTING_SCRIPT: &str = r#"set -eu
+cd /
+lockstep_prune > "$1/prune"
+xargs -0 sh -c 'exec find . -xdev -mindepth 1 "$@" -print0' lockstep-list < "$1/prune" > "$1/base"
+: > "$1/base.ok"
 "#;
 
 /// The refresh of the agent's apt lists cache, as root, into an empty host directory mounted at
@@ -212,6 +276,11 @@ fn apt_build_dep_flag(kind: BuildKind) -> &'static str {
     }
 }
 
+/// The labels of a job's deps container, which its temporary image carries too.
+pub(crate) fn deps_labels(job_id: &str) -> HashMap<String, String> {
+    labels(job_id, "deps")
+}
+
 fn labels(job_id: &str, role: &str) -> HashMap<String, String> {
     HashMap::from([
         (LABEL_JOB.to_owned(), job_id.to_owned()),
@@ -292,23 +361,28 @@ fn bind(source: &Path, target: &str, read_only: bool) -> Mount {
 }
 
 /// The deps container: root, network `deps_network`, minimal capabilities, the job's source
-/// directory mounted read-only and, when `apt_lists` names a generation of the agent's apt lists
-/// cache, that mounted read-only at `/var/lib/apt/lists` (else the script runs `apt-get update`).
+/// directory mounted read-only, the job's (empty) layer directory read-write at
+/// [`LAYER_MOUNT`] and, when `apt_lists` names a generation of the agent's apt lists cache, that
+/// mounted read-only at `/var/lib/apt/lists` (else the script runs `apt-get update`).
 pub(crate) fn deps_container(
     cfg: &RuntimeConfig,
     req: &BuildRequest,
     image: &str,
     source_dir: &Path,
+    layer_dir: &Path,
     apt_lists: Option<&Path>,
 ) -> ContainerCreateBody {
-    let mut mounts = vec![bind(source_dir, SOURCE_MOUNT, true)];
+    let mut mounts = vec![
+        bind(source_dir, SOURCE_MOUNT, true),
+        bind(layer_dir, LAYER_MOUNT, false),
+    ];
     if let Some(lists) = apt_lists {
         mounts.push(bind(lists, APT_LISTS, true));
     }
     let cmd = vec![
         "/bin/sh".to_owned(),
         "-c".to_owned(),
-        DEPS_SCRIPT.to_owned(),
+        format!("{PRUNE_MOUNTS}{DEPS_SCRIPT}{EXPORT_SCRIPT}"),
         "lockstep-deps".to_owned(),
         format!("{SOURCE_MOUNT}/{}", req.dsc_name),
         apt_build_dep_flag(req.kind).to_owned(),
@@ -318,8 +392,68 @@ pub(crate) fn deps_container(
             "update"
         }
         .to_owned(),
+        LAYER_MOUNT.to_owned(),
     ];
-    root_container(cfg, image, cmd, labels(&req.job_id, "deps"), mounts)
+    root_container(cfg, image, cmd, deps_labels(&req.job_id), mounts)
+}
+
+/// A deps-like container (root, the deps capabilities, no network) running `script` with the
+/// layer directory at [`LAYER_MOUNT`] as `$1`, [`PRUNE_MOUNTS`] defined: for the layer tests.
+#[cfg(test)]
+pub(crate) fn probe_container(
+    cfg: &RuntimeConfig,
+    image: &str,
+    layer_dir: &Path,
+    script: &str,
+) -> ContainerCreateBody {
+    let cmd = vec![
+        "/bin/sh".to_owned(),
+        "-c".to_owned(),
+        format!("{PRUNE_MOUNTS}{script}"),
+        "lockstep-probe".to_owned(),
+        LAYER_MOUNT.to_owned(),
+    ];
+    let mut mounts = Vec::new();
+    if !layer_dir.as_os_str().is_empty() {
+        mounts.push(bind(layer_dir, LAYER_MOUNT, false));
+    }
+    let mut body = root_container(cfg, image, cmd, labels("layer-test", "deps"), mounts);
+    if let Some(hc) = body.host_config.as_mut() {
+        hc.network_mode = Some("none".to_owned());
+    }
+    body
+}
+
+/// The container listing the image for `runtime::layer`: the deps container's user and
+/// capabilities (it must see every directory apt may change), but network `none` and a
+/// read-only root; only `dir` (an empty directory of the job's work dir) is mounted, read-write,
+/// at [`LAYER_MOUNT`]. Runs nothing but `find`.
+pub(crate) fn listing_container(
+    cfg: &RuntimeConfig,
+    job_id: &str,
+    image: &str,
+    dir: &Path,
+) -> ContainerCreateBody {
+    let cmd = vec![
+        "/bin/sh".to_owned(),
+        "-c".to_owned(),
+        format!("{PRUNE_MOUNTS}{LISTING_SCRIPT}"),
+        "lockstep-listing".to_owned(),
+        LAYER_MOUNT.to_owned(),
+    ];
+    let mut body = root_container(
+        cfg,
+        image,
+        cmd,
+        labels(job_id, "listing"),
+        vec![bind(dir, LAYER_MOUNT, false)],
+    );
+    body.network_disabled = Some(true);
+    if let Some(hc) = body.host_config.as_mut() {
+        hc.network_mode = Some("none".to_owned());
+        hc.readonly_rootfs = Some(true);
+    }
+    body
 }
 
 /// The container refreshing the agent's apt lists cache: the deps container's isolation, with
@@ -467,6 +601,32 @@ mod tests {
             .any(|e| e.starts_with("SOURCE_DATE_EPOCH")));
     }
 
+    fn src() -> &'static Path {
+        Path::new("/w/src")
+    }
+    fn layer() -> &'static Path {
+        Path::new("/w/layer")
+    }
+
+    #[test]
+    fn listing_container_has_no_network_and_a_read_only_root() {
+        let cfg = RuntimeConfig::default();
+        let body = listing_container(&cfg, "job-1", "img", Path::new("/w/listing"));
+        let hc = body.host_config.clone().expect("hc");
+        assert_eq!(hc.network_mode.as_deref(), Some("none"));
+        assert_eq!(body.network_disabled, Some(true));
+        assert_eq!(hc.readonly_rootfs, Some(true));
+        assert_eq!(hc.cap_drop, Some(vec!["ALL".to_owned()]));
+        assert_eq!(hc.privileged, Some(false));
+        let m = mounts(&body);
+        assert_eq!(m.len(), 1, "{m:?}");
+        assert_eq!(m[0].target.as_deref(), Some(LAYER_MOUNT));
+        assert_eq!(m[0].source.as_deref(), Some("/w/listing"));
+        let labels = body.labels.expect("labels");
+        assert_eq!(labels.get(LABEL_ROLE).map(String::as_str), Some("listing"));
+        assert_eq!(labels.get(LABEL_JOB).map(String::as_str), Some("job-1"));
+    }
+
     fn mounts(body: &ContainerCreateBody) -> Vec<Mount> {
         body.host_config
             .as_ref()
@@ -482,15 +642,18 @@ mod tests {
     fn deps_container_updates_itself_without_the_cache() {
         let cfg = RuntimeConfig::default();
         let req = request("hello", "2.10-3", "hello_2.10-3.dsc");
-        let body = deps_container(&cfg, &req, "img", Path::new("/w/src"), None);
+        let body = deps_container(&cfg, &req, "img", src(), layer(), None);
         let m = mounts(&body);
-        assert_eq!(m.len(), 1, "{m:?}");
+        assert_eq!(m.len(), 2, "{m:?}");
         assert_eq!(m[0].target.as_deref(), Some(SOURCE_MOUNT));
         assert_eq!(m[0].read_only, Some(true));
-        assert_eq!(
-            script_args(&body).last().map(String::as_str),
-            Some("update")
-        );
+        // The only writable mount: the job's layer directory.
+        assert_eq!(m[1].target.as_deref(), Some(LAYER_MOUNT));
+        assert_eq!(m[1].source.as_deref(), Some("/w/layer"));
+        assert_eq!(m[1].read_only, Some(false));
+        let args = script_args(&body);
+        assert_eq!(args[args.len() - 2], "update");
+        assert_eq!(args[args.len() - 1], LAYER_MOUNT);
         assert!(DEPS_SCRIPT.contains("apt-get update --error-on=any || exit 75"));
         // Throwaway container: no fsync per unpacked file (issue 7, P2).
         assert!(DEPS_SCRIPT.contains("-o Dpkg::Options::=--force-unsafe-io"));
@@ -501,19 +664,21 @@ mod tests {
         let cfg = RuntimeConfig::default();
         let req = request("hello", "2.10-3", "hello_2.10-3.dsc");
         let lists = Path::new("/w/apt-lists/3");
-        let body = deps_container(&cfg, &req, "img", Path::new("/w/src"), Some(lists));
+        let body = deps_container(&cfg, &req, "img", src(), layer(), Some(lists));
         let m = mounts(&body);
-        assert_eq!(m.len(), 2, "{m:?}");
-        assert!(m.iter().all(|m| m.read_only == Some(true)), "{m:?}");
+        assert_eq!(m.len(), 3, "{m:?}");
+        assert_eq!(
+            m.iter().filter(|m| m.read_only != Some(true)).count(),
+            1,
+            "only the layer directory is writable: {m:?}"
+        );
         let lists_mount = m
             .iter()
             .find(|m| m.target.as_deref() == Some(APT_LISTS))
             .expect("lists mounted");
         assert_eq!(lists_mount.source.as_deref(), Some("/w/apt-lists/3"));
-        assert_eq!(
-            script_args(&body).last().map(String::as_str),
-            Some("cached")
-        );
+        let args = script_args(&body);
+        assert_eq!(args[args.len() - 2], "cached");
         let hc = body.host_config.expect("host config");
         assert_eq!(hc.network_mode.as_deref(), Some("bridge"));
         assert_eq!(body.user.as_deref(), Some("0:0"));
@@ -530,7 +695,7 @@ mod tests {
         let cfg = RuntimeConfig::default();
         let req = request("hello", "2.10-3", "hello_2.10-3.dsc");
         let refresh = apt_lists_container(&cfg, "img", Path::new("/w/apt-lists/4"), "0:0");
-        let deps = deps_container(&cfg, &req, "img", Path::new("/w/src"), None);
+        let deps = deps_container(&cfg, &req, "img", src(), layer(), None);
         let (rhc, dhc) = (
             refresh.host_config.clone().expect("hc"),
             deps.host_config.clone().expect("hc"),
