@@ -348,7 +348,17 @@ async fn hostile_builds_are_contained_and_containers_are_hardened() {
             .filter(|au| au.role == ContainerRole::AptLists)
             .count();
         assert_eq!(refreshes, 1, "{}: one apt lists refresh", a.name);
-        assert_eq!(audits.len(), 7, "{}: 3 jobs × (deps + build) + 1", a.name);
+        let listings = audits
+            .iter()
+            .filter(|au| au.role == ContainerRole::Listing)
+            .count();
+        assert_eq!(listings, 1, "{}: the build image listed once", a.name);
+        assert_eq!(
+            audits.len(),
+            8,
+            "{}: 3 jobs × (deps + build) + refresh + listing",
+            a.name
+        );
         let work = a.state_dir.join("work");
         for audit in &audits {
             let hc = audit.inspect.host_config.as_ref().expect("HostConfig");
