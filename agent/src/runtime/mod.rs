@@ -489,6 +489,7 @@ impl Runtime {
         let deps_image = if satisfied {
             req.image.name.clone()
         } else {
+            let load_started = Instant::now();
             let loaded = match listing {
                 Ok(listing) => {
                     let mut labels = spec::deps_labels(&req.job_id);
@@ -506,8 +507,10 @@ impl Runtime {
                     resources.adopt_image(&loaded.image_id);
                     log.note(&format!(
                         "deps: loaded the installed dependencies as a layer of {} bytes \
-                         ({} deleted paths)",
-                        loaded.bytes, loaded.whiteouts
+                         ({} deleted paths) in {:.1} s",
+                        loaded.bytes,
+                        loaded.whiteouts,
+                        load_started.elapsed().as_secs_f64()
                     ));
                     loaded.image_id
                 }

@@ -136,6 +136,7 @@ pub(crate) const EXPORT_SCRIPT: &str = r#"lockstep_export() {
       --pax-option=delete=atime,delete=ctime --numeric-owner \
       --xattrs --xattrs-include=security.capability \
       --no-recursion --null --files-from "$L/changed" || return 1
+  echo "lockstep: exported $(tr -cd '\000' < "$L/changed" | wc -c) changed paths as a layer"
   : > "$L/layer.ok"
 }
 if ! lockstep_export; then
