@@ -87,9 +87,10 @@ fn records(bytes: &[u8]) -> Result<impl Iterator<Item = &[u8]>, String> {
     if !bytes.is_empty() && bytes.last() != Some(&0) {
         return Err("listing does not end with a NUL".to_owned());
     }
+    // Every piece ends with its NUL (checked above for the last one).
     Ok(bytes
-        .split(|b| *b == 0)
-        .take(bytes.iter().filter(|b| **b == 0).count()))
+        .split_inclusive(|b| *b == 0)
+        .map(|record| &record[..record.len() - 1]))
 }
 
 fn parent(path: &[u8]) -> Option<&[u8]> {
@@ -280,11 +281,17 @@ impl ImageSpec {
     }
 }
 
-fn append_file(builder: &mut tar::Builder<impl Write>, name: &str, data: &[u8]) -> io::Result<()> {
+/// Appends a regular file `name` of `size` bytes read from `data` (mode 0644, time 0).
+fn append_file(
+    builder: &mut tar::Builder<impl Write>,
+    name: &str,
+    size: u64,
+    data: impl Read,
+) -> io::Result<()> {
     let mut header = tar::Header::new_ustar();
     header.set_entry_type(tar::EntryType::Regular);
     header.set_mode(0o644);
-    header.set_size(data.len() as u64);
+    header.set_size(size);
     header.set_mtime(0);
     builder.append_data(&mut header, name, data)
 }
@@ -298,11 +305,6 @@ fn write_archive(
 ) -> io::Result<(String, u64)> {
     let mut builder = tar::Builder::new(out);
     let size = layer.entries + layer.tail.len() as u64;
-    let mut header = tar::Header::new_ustar();
-    header.set_entry_type(tar::EntryType::Regular);
-    header.set_mode(0o644);
-    header.set_size(size);
-    header.set_mtime(0);
     let mut source = Hashing {
         inner: (&layer.file)
             .take(layer.entries)
@@ -310,7 +312,7 @@ fn write_archive(
         hasher: Sha256::new(),
         read: 0,
     };
-    builder.append_data(&mut header, LAYER_TAR, &mut source)?;
+    append_file(&mut builder, LAYER_TAR, size, &mut source)?;
     if source.read != size {
         return Err(io::Error::other(format!(
             "{LAYER_TAR} changed while it was read: {} of {size} bytes",
@@ -320,8 +322,19 @@ fn write_archive(
     let diff_id = format!("sha256:{}", hex::encode(source.hasher.finalize()));
     let config = spec.config(&diff_id)?;
     let image_id = format!("sha256:{}", hex::encode(Sha256::digest(&config)));
-    append_file(&mut builder, "config.json", &config)?;
-    append_file(&mut builder, "manifest.json", &spec.manifest()?)?;
+    append_file(
+        &mut builder,
+        "config.json",
+        config.len() as u64,
+        &config[..],
+    )?;
+    let manifest = spec.manifest()?;
+    append_file(
+        &mut builder,
+        "manifest.json",
+        manifest.len() as u64,
+        &manifest[..],
+    )?;
     builder.into_inner()?.flush()?;
     Ok((image_id, size))
 }
