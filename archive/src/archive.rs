@@ -17,6 +17,7 @@
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Instant;
 
 use chrono::Utc;
 use lockstep_proto::digest::Sha256Digest;
@@ -27,6 +28,7 @@ use crate::error::ArchiveError;
 use crate::group::GroupCommit;
 use crate::log::{self, LogKey};
 use crate::records::{self, format_time, Alarm, NewRecord, Record, RecordRef};
+use crate::stats::CommitCounters;
 use crate::verify::{self, VerifyReport};
 
 /// File name of the database inside the archive directory.
@@ -120,6 +122,8 @@ pub struct Archive {
     readers: Mutex<Vec<Connection>>,
     /// Appends waiting for (or in) the next group commit.
     appends: GroupCommit<Append, AppendResult>,
+    /// What those commits did, for operators and the benchmark.
+    pub(crate) commits: CommitCounters,
     origin: String,
     key: LogKey,
 }
@@ -176,6 +180,7 @@ impl Archive {
             db: Mutex::new(conn),
             readers: Mutex::new(Vec::new()),
             appends: GroupCommit::new(MAX_GROUP),
+            commits: CommitCounters::default(),
             origin: log_origin.to_owned(),
             key,
         })
@@ -402,7 +407,9 @@ impl Archive {
         // that never settles.
         let _unsettled = SettleOnDrop(group);
         let mut conn = self.conn();
+        let started = Instant::now();
         let results = self.commit_group_results(&mut conn, group);
+        self.commits.record(group.len(), started.elapsed());
         for (append, result) in group.iter().zip(&results) {
             append.ticket.settle(result.is_ok());
         }

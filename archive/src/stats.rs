@@ -2,6 +2,9 @@
 //! records refer to, and so how much content addressing saves. Two aggregate queries over the
 //! `blobs` and `record_blobs` tables; no blob file is read.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
 use serde::Serialize;
 
 use crate::archive::Archive;
@@ -36,6 +39,11 @@ impl ArchiveStats {
 }
 
 impl Archive {
+    /// What the group commit has done since this archive was opened (see [`CommitStats`]).
+    pub fn commit_stats(&self) -> CommitStats {
+        self.commits.snapshot()
+    }
+
     /// Sizes of the archive (see [`ArchiveStats`]).
     pub fn stats(&self) -> Result<ArchiveStats, ArchiveError> {
         let conn = self.reader()?;
@@ -60,9 +68,94 @@ impl Archive {
     }
 }
 
+/// What the group commit has done since the archive was opened: how many commits, how many
+/// callers' appends they carried, and how long they took. Appends per commit show how well
+/// concurrent uploads share an fsync; the mean commit time shows what the disk costs each group.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct CommitStats {
+    /// Transactions committed (each one fsync, one signed checkpoint), failed ones included.
+    pub commits: u64,
+    /// Callers' appends carried by those commits, refused ones included.
+    pub appends: u64,
+    /// Wall time spent in commits, from the transaction's start to its fsync returning.
+    pub busy: Duration,
+}
+
+impl CommitStats {
+    /// Appends carried per commit; 0 before the first commit.
+    pub fn appends_per_commit(&self) -> f64 {
+        if self.commits == 0 {
+            0.0
+        } else {
+            self.appends as f64 / self.commits as f64
+        }
+    }
+
+    /// The figures of `self` that happened after `earlier` (a snapshot of the same archive).
+    pub fn since(&self, earlier: &CommitStats) -> CommitStats {
+        CommitStats {
+            commits: self.commits.saturating_sub(earlier.commits),
+            appends: self.appends.saturating_sub(earlier.appends),
+            busy: self.busy.saturating_sub(earlier.busy),
+        }
+    }
+}
+
+/// The counters behind [`CommitStats`], updated by the group commit's leader.
+#[derive(Debug, Default)]
+pub(crate) struct CommitCounters {
+    commits: AtomicU64,
+    appends: AtomicU64,
+    busy_nanos: AtomicU64,
+}
+
+impl CommitCounters {
+    pub(crate) fn record(&self, appends: usize, took: Duration) {
+        self.commits.fetch_add(1, Ordering::Relaxed);
+        self.appends.fetch_add(appends as u64, Ordering::Relaxed);
+        let nanos = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        self.busy_nanos.fetch_add(nanos, Ordering::Relaxed);
+    }
+
+    pub(crate) fn snapshot(&self) -> CommitStats {
+        CommitStats {
+            commits: self.commits.load(Ordering::Relaxed),
+            appends: self.appends.load(Ordering::Relaxed),
+            busy: Duration::from_nanos(self.busy_nanos.load(Ordering::Relaxed)),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn commit_figures_add_up_and_subtract_from_an_earlier_snapshot() {
+        let c = CommitCounters::default();
+        assert_eq!(c.snapshot().appends_per_commit(), 0.0);
+        c.record(3, Duration::from_millis(2));
+        let first = c.snapshot();
+        c.record(5, Duration::from_millis(4));
+        let now = c.snapshot();
+        assert_eq!(
+            now,
+            CommitStats {
+                commits: 2,
+                appends: 8,
+                busy: Duration::from_millis(6)
+            }
+        );
+        assert_eq!(now.appends_per_commit(), 4.0);
+        assert_eq!(
+            now.since(&first),
+            CommitStats {
+                commits: 1,
+                appends: 5,
+                busy: Duration::from_millis(4)
+            }
+        );
+    }
 
     #[test]
     fn the_ratio_of_an_empty_archive_is_one_and_otherwise_links_over_bytes() {

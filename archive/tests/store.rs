@@ -441,8 +441,16 @@ fn concurrent_appends_are_each_under_a_signed_checkpoint_and_a_refusal_stays_wit
         body: body.into_bytes(),
         ..record(n)
     };
+    let opened = a.commit_stats();
     a.append_record(taken(0, "the stored one".into()))
         .expect("first");
+    let lone = a.commit_stats().since(&opened);
+    assert_eq!(
+        (lone.commits, lone.appends),
+        (1, 1),
+        "a lone append is one commit"
+    );
+    assert!(!lone.busy.is_zero(), "{lone:?}");
     let (threads, per_thread) = (8u64, 30u64);
     let handles: Vec<_> = (0..threads)
         .map(|t| {
@@ -492,6 +500,10 @@ fn concurrent_appends_are_each_under_a_signed_checkpoint_and_a_refusal_stays_wit
         .filter(|al| al.kind == "record-conflict")
         .count() as u64;
     assert_eq!(conflicts, refused, "one alarm per refused append");
+    // Every append was carried by some commit, refused ones included; none by two.
+    let all = a.commit_stats().since(&opened);
+    assert_eq!(all.appends, 1 + threads * per_thread, "{all:?}");
+    assert!(all.commits >= 1 && all.commits <= all.appends, "{all:?}");
     let report = a.verify().expect("verify");
     assert!(report.problems.is_empty(), "{:?}", report.problems);
     assert_eq!(report.leaves_checked, size);

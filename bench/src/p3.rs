@@ -105,15 +105,22 @@ pub fn run(root: &Path, quick: bool) -> anyhow::Result<()> {
     for (round, ups) in uploads.chunks(per_round).enumerate() {
         let ups = if round == 0 { &ups[alone..] } else { ups };
         let cpu0 = cpu_seconds()?;
+        let commits0 = svc.archive.commit_stats();
         let (res, took) = timed(|| attest_all(&svc, ups, clients));
         res?;
         let cpu1 = cpu_seconds()?;
+        let commits = svc.archive.commit_stats().since(&commits0);
         let rate = ups.len() as f64 / took.as_secs_f64();
         progress!(
-            "P3: round {}: {} attestations, {rate:.0}/s, {:.2} cores busy",
+            "P3: round {}: {} attestations, {rate:.0}/s, {:.2} cores busy; {} commits of {:.1} \
+             appends, {:.2} ms each, committing {:.0} % of the time",
             round + 1,
             ups.len(),
-            (cpu1.0 - cpu0.0 + cpu1.1 - cpu0.1) / took.as_secs_f64()
+            (cpu1.0 - cpu0.0 + cpu1.1 - cpu0.1) / took.as_secs_f64(),
+            commits.commits,
+            commits.appends_per_commit(),
+            commits.busy.as_secs_f64() * 1e3 / commits.commits.max(1) as f64,
+            commits.busy.as_secs_f64() / took.as_secs_f64() * 100.0
         );
         rates.push(rate);
         n += ups.len() as f64;

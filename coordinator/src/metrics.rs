@@ -9,7 +9,8 @@
 //!
 //! Families: `lockstep_jobs`, `lockstep_packages`, `lockstep_queue_messages`,
 //! `lockstep_broker_up`, `lockstep_decisions_total`, `lockstep_attestation_refusals_total`,
-//! `lockstep_build_duration_seconds` (histogram), `lockstep_archive_*`, `lockstep_log_leaves`,
+//! `lockstep_build_duration_seconds` (histogram), `lockstep_archive_*` (sizes, and the group
+//! commit's `commits_total`, `commit_appends_total`, `commit_seconds_total`), `lockstep_log_leaves`,
 //! `lockstep_agents`, `lockstep_agents_paused`.
 
 use std::collections::BTreeMap;
@@ -450,6 +451,37 @@ pub async fn render(svc: Arc<Service>) -> Result<String, ServiceError> {
         "Records (jobs, attestations, failures, decisions, uploads) in the archive.",
     );
     x.sample("lockstep_archive_records", &[], a.records as f64);
+    let c = svc.archive.commit_stats();
+    x.family(
+        "lockstep_archive_commits_total",
+        "counter",
+        "Group commits of the archive since the coordinator started (each one fsync and one \
+         signed checkpoint).",
+    );
+    x.sample("lockstep_archive_commits_total", &[], c.commits as f64);
+    x.family(
+        "lockstep_archive_commit_appends_total",
+        "counter",
+        "Appends (an attestation with the decision it causes, a job, a failure report...) \
+         carried by those commits; divided by lockstep_archive_commits_total, how many uploads \
+         share one fsync.",
+    );
+    x.sample(
+        "lockstep_archive_commit_appends_total",
+        &[],
+        c.appends as f64,
+    );
+    x.family(
+        "lockstep_archive_commit_seconds_total",
+        "counter",
+        "Wall time spent in those commits, fsync included; divided by \
+         lockstep_archive_commits_total, the mean commit time.",
+    );
+    x.sample(
+        "lockstep_archive_commit_seconds_total",
+        &[],
+        c.busy.as_secs_f64(),
+    );
     x.family(
         "lockstep_log_leaves",
         "gauge",

@@ -31,6 +31,9 @@ async fn metrics_parse_have_every_family_and_count_refused_attestations() {
         "lockstep_archive_dedup_ratio",
         "lockstep_archive_blobs",
         "lockstep_archive_records",
+        "lockstep_archive_commits_total",
+        "lockstep_archive_commit_appends_total",
+        "lockstep_archive_commit_seconds_total",
         "lockstep_log_leaves",
         "lockstep_agents",
         "lockstep_agents_paused",
@@ -68,6 +71,17 @@ async fn metrics_parse_have_every_family_and_count_refused_attestations() {
         }
         other => panic!("not a histogram: {other:?}"),
     }
+    // The group commit's counters are the archive's own (nothing is appended while idle).
+    let commits = c.coordinator.archive.commit_stats();
+    assert_eq!(
+        value(&m, "lockstep_archive_commits_total", &[]),
+        commits.commits as f64
+    );
+    assert_eq!(
+        value(&m, "lockstep_archive_commit_appends_total", &[]),
+        commits.appends as f64
+    );
+    assert!(commits.appends >= commits.commits, "{commits:?}");
     let log_leaves = value(&m, "lockstep_log_leaves", &[]);
     assert_eq!(
         log_leaves,
