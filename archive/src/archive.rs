@@ -28,7 +28,7 @@ use crate::error::ArchiveError;
 use crate::group::GroupCommit;
 use crate::log::{self, LogKey};
 use crate::records::{self, format_time, Alarm, NewRecord, Record, RecordRef};
-use crate::stats::CommitCounters;
+use crate::stats::{CommitCounters, CommitStats};
 use crate::verify::{self, VerifyReport};
 
 /// File name of the database inside the archive directory.
@@ -123,7 +123,7 @@ pub struct Archive {
     /// Appends waiting for (or in) the next group commit.
     appends: GroupCommit<Append, AppendResult>,
     /// What those commits did, for operators and the benchmark.
-    pub(crate) commits: CommitCounters,
+    commits: CommitCounters,
     origin: String,
     key: LogKey,
 }
@@ -494,6 +494,11 @@ impl Archive {
         })?;
         tx.commit()?;
         Ok(results)
+    }
+
+    /// What the group commit has done since this archive was opened (see [`CommitStats`]).
+    pub fn commit_stats(&self) -> CommitStats {
+        self.commits.snapshot()
     }
 
     pub fn record(&self, id: i64) -> Result<Option<Record>, ArchiveError> {

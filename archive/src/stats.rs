@@ -39,11 +39,6 @@ impl ArchiveStats {
 }
 
 impl Archive {
-    /// What the group commit has done since this archive was opened (see [`CommitStats`]).
-    pub fn commit_stats(&self) -> CommitStats {
-        self.commits.snapshot()
-    }
-
     /// Sizes of the archive (see [`ArchiveStats`]).
     pub fn stats(&self) -> Result<ArchiveStats, ArchiveError> {
         let conn = self.reader()?;
@@ -71,7 +66,7 @@ impl Archive {
 /// What the group commit has done since the archive was opened: how many commits, how many
 /// callers' appends they carried, and how long they took. Appends per commit show how well
 /// concurrent uploads share an fsync; the mean commit time shows what the disk costs each group.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CommitStats {
     /// Transactions committed (each one fsync, one signed checkpoint), failed ones included.
     pub commits: u64,
