@@ -5,7 +5,9 @@
 //! are arbitrary signatures and documents, arbitrary certificates, or edits of the honest
 //! signatures and documents. Never a panic; a detached signature verifies only over the honest
 //! payload; a clearsigned document verifies only if its text is the honest text (up to what
-//! the cleartext framework itself ignores: line endings and trailing whitespace).
+//! the cleartext framework itself ignores: line endings and trailing whitespace); and the
+//! plain-shape fast path (`proto/src/cleartext.rs`) and sequoia's own reader
+//! (`verify_*_general`) accept the same inputs and read the same signer and text.
 #![no_main]
 
 use std::sync::OnceLock;
@@ -90,7 +92,14 @@ fn edit(u: &mut Unstructured, mut b: Vec<u8>) -> ArbResult<Vec<u8>> {
 }
 
 fn check_detached(h: &Honest, data: &[u8], sig: &[u8]) {
-    if h.keyring.verify_detached(data, sig).is_ok() {
+    let fast = h.keyring.verify_detached(data, sig);
+    let general = h.keyring.verify_detached_general(data, sig);
+    match (&fast, &general) {
+        (Ok(a), Ok(b)) => assert_eq!(a.key_fingerprint, b.key_fingerprint),
+        (Err(_), Err(_)) => {}
+        _ => panic!("the plain-shape path and sequoia disagree: {fast:?} / {general:?}"),
+    }
+    if fast.is_ok() {
         assert_eq!(
             data, PAYLOAD,
             "a detached signature verified over other data"
@@ -99,7 +108,17 @@ fn check_detached(h: &Honest, data: &[u8], sig: &[u8]) {
 }
 
 fn check_clearsigned(h: &Honest, doc: &[u8]) {
-    if let Ok((_, text)) = h.keyring.verify_clearsigned(doc) {
+    let fast = h.keyring.verify_clearsigned(doc);
+    let general = h.keyring.verify_clearsigned_general(doc);
+    match (&fast, &general) {
+        (Ok((a, ta)), Ok((b, tb))) => {
+            assert_eq!(a.key_fingerprint, b.key_fingerprint);
+            assert_eq!(ta, tb, "the plain-shape path and sequoia read different texts");
+        }
+        (Err(_), Err(_)) => {}
+        _ => panic!("the plain-shape path and sequoia disagree: {fast:?} / {general:?}"),
+    }
+    if let Ok((_, text)) = fast {
         assert_eq!(
             normalise(&text),
             normalise(PAYLOAD),

@@ -13,6 +13,7 @@
 //! Heavy dependencies (database, Docker, AMQP) stay out of this crate so the CLI does not build them.
 
 pub mod broker;
+mod cleartext;
 pub mod digest;
 pub mod dsc;
 pub mod policy;
