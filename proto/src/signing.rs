@@ -502,6 +502,15 @@ impl Keyring {
     }
 }
 
+/// Whether `doc` (a clearsigned document or an armored signature) is in the plain shape that
+/// [`Keyring`] takes apart itself instead of handing it to sequoia's readers. For tests that
+/// check the fast path is the one real documents take.
+#[doc(hidden)]
+pub fn plain_shape(doc: &[u8]) -> bool {
+    crate::cleartext::split_clearsigned(doc).is_some()
+        || crate::cleartext::dearmor_signature(doc).is_some()
+}
+
 /// Verifies a certificate's self-signatures once, now: sequoia remembers the outcome in the
 /// certificate, and every verification works on a clone of it, which keeps that state. Without
 /// this each clone checked the binding signatures again (issue 7, P3: ~10 % of an attestation's

@@ -8,7 +8,7 @@
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-use lockstep_proto::signing::{Keyring, SigningKey};
+use lockstep_proto::signing::{plain_shape, Keyring, SigningKey};
 
 /// A seeded generator, so a failure replays.
 struct Rng(fastrand::Rng);
@@ -147,6 +147,8 @@ fn lockstep_clearsigned_documents_read_the_same_both_ways() {
     let mut accepted_edits = 0;
     for text in texts(&mut rng, 150) {
         let doc = key.clearsign(&text).expect("clearsign");
+        // Only a line starting with a non-ASCII byte sends an honest document to sequoia.
+        assert_eq!(plain_shape(&doc), text.is_ascii(), "{text:?}");
         assert!(
             assert_same_clearsigned(&ring, &doc) || quirky(&text),
             "an honest document was refused: {:?}",
@@ -175,6 +177,7 @@ fn lockstep_detached_signatures_read_the_same_both_ways() {
     let mut accepted_edits = 0;
     for (i, text) in texts(&mut rng, 100).into_iter().enumerate() {
         let sig = key.sign_detached(&text).expect("sign");
+        assert!(plain_shape(sig.as_bytes()));
         assert!(assert_same_detached(&ring, &text, sig.as_bytes()));
         assert!(!assert_same_detached(&ring, b"other data", sig.as_bytes()));
         let crlf = sig.replace('\n', "\r\n");
@@ -277,6 +280,7 @@ fn gnupg_clearsigned_documents_read_the_same_both_ways() {
     );
     for text in shapes {
         let doc = gpg(&["--clearsign", "--digest-algo", "SHA512"], Some(&text));
+        assert_eq!(plain_shape(&doc), text.is_ascii(), "{text:?}");
         assert!(
             assert_same_clearsigned(&ring, &doc) || quirky(&text),
             "GnuPG's document was refused: {:?}",
@@ -286,6 +290,7 @@ fn gnupg_clearsigned_documents_read_the_same_both_ways() {
             assert_same_clearsigned(&ring, &edit(&mut rng, &doc));
         }
         let detached = gpg(&["--armor", "--detach-sign"], Some(&text));
+        assert!(plain_shape(&detached));
         assert!(assert_same_detached(&ring, &text, &detached) || quirky(&text));
     }
 }
