@@ -66,7 +66,12 @@ fn human(n: u64) -> String {
 }
 
 pub fn run(root: &Path, quick: bool) -> anyhow::Result<()> {
+    // For experiments: `LOCKSTEP_BENCH_P1_ONLY="4 KiB"` runs that artifact size alone.
+    let only = std::env::var("LOCKSTEP_BENCH_P1_ONLY").ok();
     for (size, total) in plan(quick) {
+        if only.as_deref().is_some_and(|o| o != human(size)) {
+            continue;
+        }
         let count = total / size;
         progress!("P1: writing {count} source files of {}", human(size));
         let src = scratch(root, "p1-src-")?;
