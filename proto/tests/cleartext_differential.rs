@@ -138,11 +138,17 @@ fn assert_same_detached(ring: &Keyring, data: &[u8], sig: &[u8]) -> bool {
     }
 }
 
-#[test]
-fn lockstep_clearsigned_documents_read_the_same_both_ways() {
+/// A new Lockstep signing key and a keyring that trusts it.
+fn lockstep_signer() -> (SigningKey, Keyring) {
     let key = SigningKey::generate("diff <diff@lockstep.invalid>").expect("keygen");
     let mut ring = Keyring::new();
     ring.add(key.cert());
+    (key, ring)
+}
+
+#[test]
+fn lockstep_clearsigned_documents_read_the_same_both_ways() {
+    let (key, ring) = lockstep_signer();
     let mut rng = Rng::new(0x5EED_0001);
     let mut accepted_edits = 0;
     for text in texts(&mut rng, 150) {
@@ -170,9 +176,7 @@ fn lockstep_clearsigned_documents_read_the_same_both_ways() {
 
 #[test]
 fn lockstep_detached_signatures_read_the_same_both_ways() {
-    let key = SigningKey::generate("diff <diff@lockstep.invalid>").expect("keygen");
-    let mut ring = Keyring::new();
-    ring.add(key.cert());
+    let (key, ring) = lockstep_signer();
     let mut rng = Rng::new(0x5EED_0002);
     let mut accepted_edits = 0;
     for (i, text) in texts(&mut rng, 100).into_iter().enumerate() {
